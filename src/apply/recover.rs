@@ -1,0 +1,121 @@
+//! Resolving intents left by an interrupted apply.
+//!
+//! An intent is recorded before every backend call that creates or deletes, and removed with the
+//! call's result. One that is still there means the process died in between. Objects carry the
+//! intent's id as a label (`dstack.intent`), so the object a create made — if it made one — is
+//! found exactly and adopted; if there is none, the intent is forgotten. A delete is settled by
+//! looking for the object: gone means the resource is forgotten, present means it stays.
+
+use std::collections::BTreeMap;
+
+use super::ApplyError;
+use crate::backend::Backends;
+use crate::model::Kind;
+use crate::state::{Change, IntentAction, Snapshot, StateStore, Step};
+
+/// Resolve every intent of `snapshot`, commit the result, and say what was done.
+pub async fn recover(
+    store: &dyn StateStore,
+    snapshot: &mut Snapshot,
+    backends: &Backends,
+) -> Result<Vec<String>, ApplyError> {
+    if snapshot.intents.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut step = Step::new("recover interrupted operations");
+    let mut notes = Vec::new();
+    for intent in snapshot.intents.values() {
+        let backend = match backends.get(&intent.backend) {
+            Ok(backend) => backend,
+            Err(error) => {
+                notes.push(format!(
+                    "cannot resolve the interrupted {} of {}: {error}",
+                    intent.action, intent.resource
+                ));
+                continue;
+            }
+        };
+        let address = intent.resource.to_string();
+        match intent.action {
+            IntentAction::Create | IntentAction::Update => {
+                let labels = BTreeMap::from([("dstack.intent".to_string(), intent.id.clone())]);
+                let found =
+                    crate::backend::retry(|| backend.find(&labels), &crate::backend::quietly)
+                        .await
+                        .map_err(|e| ApplyError::backend(&address, e))?;
+                match (found.into_iter().next(), &intent.record) {
+                    (Some(observed), Some(record)) => {
+                        let mut record = record.clone();
+                        record.backend_id = observed.backend_id.clone().or(record.backend_id);
+                        for (key, value) in observed.attributes {
+                            record.attributes.insert(key, value);
+                        }
+                        record.status = observed.status;
+                        step.changes.push(Change::PutResource(Box::new(record)));
+                        if let Some(run) = &intent.run {
+                            let mut run = (**run).clone();
+                            if let Some(id) = observed.backend_id {
+                                run.job.insert("backend_id".into(), id.into());
+                            }
+                            step.changes.push(Change::PutRun(Box::new(run)));
+                        }
+                        notes.push(format!(
+                            "adopted {address}, created by an interrupted apply"
+                        ));
+                    }
+                    _ => notes.push(format!(
+                        "forgot the interrupted {} of {address}: nothing was created",
+                        intent.action
+                    )),
+                }
+            }
+            IntentAction::Delete => {
+                let Some(record) = snapshot.resources.get(&address).cloned() else {
+                    notes.push(format!(
+                        "forgot the interrupted delete of {address}: it is no longer recorded"
+                    ));
+                    step.changes.push(Change::DeleteIntent(intent.id.clone()));
+                    continue;
+                };
+                let gone = if record.kind == Kind::Run || record.kind == Kind::Tag {
+                    true
+                } else {
+                    crate::backend::retry(|| backend.read(&record), &crate::backend::quietly)
+                        .await
+                        .map_err(|e| ApplyError::backend(&address, e))?
+                        .is_none()
+                };
+                if gone {
+                    step.changes
+                        .push(Change::DeleteResource(intent.resource.clone()));
+                    if record.kind == Kind::Run {
+                        for run in snapshot
+                            .runs
+                            .values()
+                            .filter(|r| r.resource.as_deref() == Some(record.name.as_str()))
+                        {
+                            step.changes.push(Change::DeleteRun(run.name.clone()));
+                        }
+                    }
+                    notes.push(format!(
+                        "{address} was deleted by an interrupted apply; forgot it"
+                    ));
+                } else {
+                    notes.push(format!(
+                        "{address} survived an interrupted delete; it is kept"
+                    ));
+                }
+            }
+        }
+        step.changes.push(Change::DeleteIntent(intent.id.clone()));
+    }
+    if !step.changes.is_empty() {
+        let committed = store
+            .commit(snapshot.lineage.as_deref(), snapshot.serial, &step)
+            .await?;
+        snapshot.apply(&step);
+        snapshot.lineage = Some(committed.lineage);
+        snapshot.serial = committed.serial;
+    }
+    Ok(notes)
+}
