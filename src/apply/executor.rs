@@ -878,7 +878,7 @@ impl<'a> Executor<'a> {
     }
 
     async fn stop_runs_of(&self, resource: &str, remove: bool) -> Result<(), ApplyError> {
-        let runs: Vec<RunRecord> = self
+        let mut runs: Vec<RunRecord> = self
             .state
             .lock()
             .await
@@ -887,6 +887,10 @@ impl<'a> Executor<'a> {
             .filter(|r| r.resource.as_deref() == Some(resource))
             .cloned()
             .collect();
+        // Oldest first (`NAME-10` sorts before `NAME-2` by name): the run the resource record
+        // names goes last, so a delete interrupted half-way leaves a resource whose run is
+        // still recorded.
+        runs.sort_by_key(|r| r.number);
         for run in runs {
             let backend = self
                 .backends

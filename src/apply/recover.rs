@@ -4,7 +4,9 @@
 //! call's result. One that is still there means the process died in between. Objects carry the
 //! intent's id as a label (`dstack.intent`), so the object a create made — if it made one — is
 //! found exactly and adopted; if there is none, the intent is forgotten. A delete is settled by
-//! looking for the object: gone means the resource is forgotten, present means it stays.
+//! looking for the object: gone means the resource is forgotten, present means it stays. A run
+//! resource has one object per run: each run whose object is gone is forgotten, and the resource
+//! goes only when none is left (a surviving run stays recorded, so the next plan deletes it).
 
 use std::collections::BTreeMap;
 
@@ -77,26 +79,28 @@ pub async fn recover(
                     step.changes.push(Change::DeleteIntent(intent.id.clone()));
                     continue;
                 };
-                let gone = if record.kind == Kind::Run || record.kind == Kind::Tag {
-                    true
-                } else {
-                    crate::backend::retry(|| backend.read(&record), &crate::backend::quietly)
-                        .await
-                        .map_err(|e| ApplyError::backend(&address, e))?
-                        .is_none()
+                let gone = match record.kind {
+                    // Tags live in the state only.
+                    Kind::Tag => true,
+                    // A run resource has no object of its own: its runs do. Deleting it removes
+                    // them one by one, forgetting each as it goes, so the interrupted delete may
+                    // have removed some, all or none of them.
+                    Kind::Run => {
+                        let (survivors, changes) =
+                            settle_runs(snapshot, backends, &record.name).await?;
+                        step.changes.extend(changes);
+                        survivors == 0
+                    }
+                    Kind::Volume | Kind::Fleet => {
+                        crate::backend::retry(|| backend.read(&record), &crate::backend::quietly)
+                            .await
+                            .map_err(|e| ApplyError::backend(&address, e))?
+                            .is_none()
+                    }
                 };
                 if gone {
                     step.changes
                         .push(Change::DeleteResource(intent.resource.clone()));
-                    if record.kind == Kind::Run {
-                        for run in snapshot
-                            .runs
-                            .values()
-                            .filter(|r| r.resource.as_deref() == Some(record.name.as_str()))
-                        {
-                            step.changes.push(Change::DeleteRun(run.name.clone()));
-                        }
-                    }
                     notes.push(format!(
                         "{address} was deleted by an interrupted apply; forgot it"
                     ));
@@ -118,4 +122,35 @@ pub async fn recover(
         snapshot.serial = committed.serial;
     }
     Ok(notes)
+}
+
+/// Look for the object of every run recorded for the run resource `resource`: the runs whose
+/// object is gone were removed by the interrupted delete and are forgotten; the others stay
+/// recorded, so the next plan deletes them again instead of leaking them. Returns how many stay,
+/// and the changes that forget the rest.
+async fn settle_runs(
+    snapshot: &Snapshot,
+    backends: &Backends,
+    resource: &str,
+) -> Result<(usize, Vec<Change>), ApplyError> {
+    let mut survivors = 0;
+    let mut changes = Vec::new();
+    for run in snapshot
+        .runs
+        .values()
+        .filter(|r| r.resource.as_deref() == Some(resource))
+    {
+        let backend = backends
+            .get(&run.backend)
+            .map_err(|e| ApplyError::backend(&run.name, e))?;
+        let observed = crate::backend::retry(|| backend.run_read(run), &crate::backend::quietly)
+            .await
+            .map_err(|e| ApplyError::backend(&run.name, e))?;
+        if observed.is_some() {
+            survivors += 1;
+        } else {
+            changes.extend(crate::artifacts::refs::forget_run(snapshot, &run.name));
+        }
+    }
+    Ok((survivors, changes))
 }

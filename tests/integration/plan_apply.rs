@@ -678,3 +678,63 @@ fn a_volume_in_use_cannot_be_deleted_and_registered_volumes_are_only_forgotten()
     assert!(run.stdout.contains("will be forgotten"), "{}", run.stdout);
     assert_eq!(objects(&context, "volume"), before, "not destroyed");
 }
+
+#[test]
+fn an_interrupted_run_delete_whose_run_survives_is_not_forgotten() {
+    // Recovery used to take every interrupted delete of a run resource as done, forgetting its
+    // runs while their objects lived on: a leak the next plans could no longer see.
+    let mut context = fake();
+    context.write(
+        "main.dstack.yml",
+        "type: task\nname: job\nbackends: [fake]\ncommands: [echo hi]\n",
+    );
+    let run = context.run(&["apply", "-y"]);
+    assert_eq!(run.code, 0, "{}", run.report());
+    assert!(run.stderr.contains("job-1: done"), "{}", run.stderr);
+    assert_eq!(objects(&context, "run"), 1);
+    // The run has ended, so the delete's backend calls are the search for orphans, then the
+    // removal of the run: fail that. The delete intent stays, as after a crash, for the next plan
+    // to resolve.
+    context
+        .env("DSTACK_FAKE_FAIL_AT", "2")
+        .env("DSTACK_FAKE_FAIL_KIND", "internal");
+    let run = context.run(&["delete", "-y"]);
+    assert_ne!(run.code, 0, "{}", run.report());
+    assert!(
+        run.stderr
+            .contains("injected fault at call 2 (remove run job-1)"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        state(&context)["intents"]
+            .as_object()
+            .map(serde_json::Map::len),
+        Some(1),
+        "the failed delete leaves its intent"
+    );
+    assert_eq!(objects(&context, "run"), 1, "the run object survived");
+    context.env("DSTACK_FAKE_FAIL_AT", "");
+    let run = context.run(&["delete", "-y"]);
+    assert_eq!(run.code, 0, "{}", run.report());
+    assert!(
+        run.stdout
+            .contains("run/job survived an interrupted delete; it is kept"),
+        "{}",
+        run.report()
+    );
+    assert!(
+        run.stdout.contains("run/job will be destroyed"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(objects(&context, "run"), 0, "no run object is left behind");
+    let recorded = state(&context);
+    for part in ["resources", "runs", "intents"] {
+        assert_eq!(
+            recorded[part].as_object().map(serde_json::Map::len),
+            Some(0),
+            "{part}: {recorded}"
+        );
+    }
+}
