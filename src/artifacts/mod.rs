@@ -349,11 +349,11 @@ pub(crate) fn walk(directory: &Path) -> Result<Vec<PathBuf>, String> {
 /// Where an artifact's files are on this machine for a job: its working directory is the
 /// project snapshot mounted at `/workflow`.
 pub fn artifact_directory(spec: &JobSpec, artifact: &str) -> PathBuf {
-    let relative = spec
-        .working_dir
-        .trim_start_matches("/workflow")
-        .trim_start_matches('/');
-    spec.code_dir.join(relative).join(artifact)
+    // A working directory that leaves the snapshot never ran (the runner refuses it): nothing
+    // outside the snapshot is read in its place.
+    spec.local_working_dir()
+        .unwrap_or_else(|| spec.code_dir.clone())
+        .join(artifact)
 }
 
 /// Save the artifacts of a finished job into its store and write the manifest next to the job

@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use super::apply::confirm;
 use super::context::{self, Globals};
 use super::printer::{ago, table};
+use super::runs::check_name_argument;
 use super::{ExitStatus, Printer};
 use crate::artifacts::refs::{self, Resolved, Source};
 use crate::artifacts::{Store, human_size};
@@ -126,6 +127,7 @@ fn resolved_json(resolved: &Resolved) -> serde_json::Value {
 }
 
 pub fn ls(args: &LsArgs, globals: &Globals, printer: &Printer) -> miette::Result<ExitStatus> {
+    check_name_argument(&args.name)?;
     context::block_on(async {
         let session = session(globals).await?;
         let snapshot = session.snapshot().await?;
@@ -220,6 +222,7 @@ async fn tags_add(
     tag: &str,
     printer: &Printer,
 ) -> miette::Result<ExitStatus> {
+    check_name_argument(run)?;
     // Refresh first, so a run that just ended has its manifest recorded.
     session.snapshot().await?;
     let snapshot = session
@@ -324,6 +327,7 @@ async fn tags_delete(
     tag: &str,
     printer: &Printer,
 ) -> miette::Result<ExitStatus> {
+    check_name_argument(tag)?;
     let snapshot = session
         .write(&format!("tags delete {tag}"), |snapshot| {
             if !snapshot.tags.contains_key(tag) {
@@ -407,6 +411,7 @@ pub fn push(
     printer: &Printer,
 ) -> miette::Result<ExitStatus> {
     use crate::artifacts::remote::{Progress, RefKind};
+    check_name_argument(&args.name)?;
     context::block_on(async {
         let session = session(globals).await?;
         let snapshot = session.snapshot().await?;
@@ -446,6 +451,7 @@ pub fn pull(
     printer: &Printer,
 ) -> miette::Result<ExitStatus> {
     use crate::artifacts::remote::{Progress, RefKind};
+    check_name_argument(&args.name)?;
     context::block_on(async {
         let session = session(globals).await?;
         let snapshot = session.snapshot().await?;
@@ -499,6 +505,9 @@ pub struct RmArgs {
 }
 
 pub fn rm(args: &RmArgs, globals: &Globals, printer: &Printer) -> miette::Result<ExitStatus> {
+    for name in &args.runs {
+        check_name_argument(name)?;
+    }
     context::block_on(async {
         let session = session(globals).await?;
         let snapshot = session.snapshot().await?;

@@ -177,19 +177,10 @@ pub async fn plan_once(
     Ok(planned)
 }
 
-/// Write a saved plan, readable by its owner only.
+/// Write a saved plan, readable by its owner only, even over an existing file.
 pub fn save(plan: &crate::plan::Plan, path: &std::path::Path) -> miette::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let text = serde_json::to_string_pretty(plan).unwrap_or_default();
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| miette::miette!("cannot write the plan to `{}`: {e}", path.display()))?;
-    file.write_all(text.as_bytes())
+    crate::state::write_private(path, text.as_bytes())
         .map_err(|e| miette::miette!("cannot write the plan to `{}`: {e}", path.display()))
 }
 

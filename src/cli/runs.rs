@@ -11,8 +11,22 @@ use super::{ExitStatus, Printer};
 use crate::backend::Backends;
 use crate::state::{LockInfo, RunRecord, RunStatus, Snapshot, StateStore, Step};
 
+/// Refuse a run, run resource or tag name from the command line that breaks the naming rules,
+/// before it is looked up or used: such names become paths (`.dstack/runs/NAME`).
+pub fn check_name_argument(name: &str) -> miette::Result<()> {
+    if crate::model::is_valid_run_name(name) {
+        return Ok(());
+    }
+    Err(miette::miette!(
+        help = "names are a lowercase letter, then lowercase letters, digits or `-` (`train`, `train-3`, `best`); `dstack ps -a` lists the runs, `dstack tags list` the tags",
+        "`{}` is not a valid run or tag name",
+        name.escape_debug()
+    ))
+}
+
 /// Find a run by name: a run (`train-3`), or a run resource meaning its latest run (`train`).
 pub fn resolve_run(snapshot: &Snapshot, name: &str) -> miette::Result<RunRecord> {
+    check_name_argument(name)?;
     if let Some(run) = snapshot.runs.get(name) {
         return Ok(run.clone());
     }

@@ -91,7 +91,8 @@ async fn run_async(
         StateCommand::List { json } => list(store.as_ref(), *json, printer).await,
         StateCommand::Show { address, json } => show(store.as_ref(), address, *json, printer).await,
         StateCommand::Pull => {
-            let snapshot = store.load().await?;
+            // Unchecked, so that a state with unsafe names can be pulled, fixed and pushed.
+            let snapshot = store.load_unchecked().await?;
             printer.data_line(&serde_json::to_string_pretty(&snapshot).unwrap_or_default());
             Ok(ExitStatus::Success)
         }
@@ -304,10 +305,23 @@ async fn push(
     printer: &Printer,
 ) -> miette::Result<ExitStatus> {
     let snapshot = read_document(file)?;
+    let problems = snapshot.unsafe_records();
+    if !problems.is_empty() {
+        return Err(miette::miette!(
+            help = format!(
+                "fix or remove those records in `{}`, then push it again",
+                file.display()
+            ),
+            "`{}` holds names that are not safe to use (they become paths); nothing was pushed:\n{}",
+            file.display(),
+            crate::state::indented(&problems)
+        ));
+    }
     let lock = LockInfo::new("state push");
     lock_with_timeout(store, &lock, globals.lock_timeout).await?;
     let result = async {
-        let current = store.load().await?;
+        // Unchecked: a state with unsafe names is what a push repairs.
+        let current = store.load_unchecked().await?;
         if !force {
             if let (Some(current), Some(pushed)) = (&current.lineage, &snapshot.lineage)
                 && current != pushed
@@ -365,7 +379,8 @@ async fn migrate(
         lock_with_timeout(target, &lock, globals.lock_timeout).await?;
         let inner = async {
             let snapshot = source.load().await?;
-            let existing = target.load().await?;
+            // Only its lineage is read: it is about to be replaced.
+            let existing = target.load_unchecked().await?;
             if existing.lineage.is_some() && !force {
                 return Err(miette::miette!(
                     help = "pass `--force` to overwrite it",

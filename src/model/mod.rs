@@ -46,6 +46,18 @@ pub fn is_valid_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
+/// Whether `name` is a valid run name: a resource name, or one followed by `-N` (the N-th run
+/// of a run resource, `train-3`, or a generated name, `grumpy-zebra-1`). Run names become
+/// directories (`.dstack/runs/NAME`), so nothing else is ever accepted: no `/`, no `..`.
+pub fn is_valid_run_name(name: &str) -> bool {
+    is_valid_name(name)
+        || name.rsplit_once('-').is_some_and(|(prefix, number)| {
+            is_valid_name(prefix)
+                && (1..=20).contains(&number.len())
+                && number.bytes().all(|b| b.is_ascii_digit())
+        })
+}
+
 /// What a resource is; configuration types map onto kinds.
 #[derive(
     Clone,
@@ -288,6 +300,27 @@ mod tests {
             "ab\n",
         ] {
             assert!(!is_valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn run_names_are_resource_names_with_a_submission_number() {
+        let longest = format!("a{}-12", "b".repeat(40));
+        for ok in ["train", "train-1", "grumpy-zebra-12", longest.as_str()] {
+            assert!(is_valid_run_name(ok), "{ok}");
+        }
+        for bad in [
+            "../../../victim",
+            "/tmp/victim",
+            "train/../x",
+            "..",
+            "Train-1",
+            "train_1",
+            "train-1\n",
+            &format!("a{}-{}", "b".repeat(40), "1".repeat(21)),
+            &format!("a{}-1", "b".repeat(41)),
+        ] {
+            assert!(!is_valid_run_name(bad), "{bad}");
         }
     }
 

@@ -1,6 +1,8 @@
 //! Checks a schema cannot express: fields that exclude each other, rules across fields, and the
 //! checks real dstack makes later on its server (name pattern, volume size or id, fleet `nodes`
-//! xor `ssh_config`, absolute `working_dir`), which we make at validation time.
+//! xor `ssh_config`, absolute `working_dir`), which we make at validation time, and ours
+//! (`working_dir` without `..`: on the host runtime it is a directory of the run's copy of the
+//! project).
 //!
 //! Each problem carries the JSON pointer of the value it is about, so the loader can point at the
 //! exact line and column.
@@ -275,14 +277,22 @@ fn check_common(run: &RunSpec, context: Context, issues: &mut Vec<Issue>) {
             }
         }
     }
-    if let Some(dir) = &common.working_dir
-        && !dir.starts_with('/')
-        && !dir.starts_with('~')
-    {
-        issues.push(Issue::new(
-            "/working_dir",
-            format!("`working_dir` must be an absolute path, found `{dir}`"),
-        ));
+    if let Some(dir) = &common.working_dir {
+        if !dir.starts_with('/') && !dir.starts_with('~') {
+            issues.push(Issue::new(
+                "/working_dir",
+                format!("`working_dir` must be an absolute path, found `{dir}`"),
+            ));
+        } else if dir.split('/').any(|part| part == "..") {
+            // On the host runtime the working directory is a directory of the run's copy of
+            // the project: `..` would put (and create) it anywhere on the machine.
+            issues.push(Issue::new(
+                "/working_dir",
+                format!(
+                    "`..` is not allowed in `working_dir`, found `{dir}`; write the directory without it"
+                ),
+            ));
+        }
     }
     if common.repos.len() > 1 {
         issues.push(Issue::new("/repos", "at most one repo is supported"));

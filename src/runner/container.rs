@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::Docker;
+use bollard::container::LogOutput;
 use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig, PortBinding};
 use bollard::query_parameters::{
     CreateContainerOptions, KillContainerOptions, LogsOptions, RemoveContainerOptions,
@@ -12,6 +13,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 
 use super::job::{JobSpec, MountSource};
+use super::redact::LogRedactor;
 use super::{Ending, Reporter, wait_for_request};
 use crate::backend::local::docker;
 use crate::state::RunStatus;
@@ -241,7 +243,10 @@ pub async fn attempt(
         let docker = docker.clone();
         let name = name.clone();
         let store = reporter.store.clone();
-        let secrets = spec.secrets.clone();
+        // One redactor per stream: Docker interleaves stdout and stderr frames, and a secret
+        // split between two frames is split within one of them.
+        let mut stdout_redactor = LogRedactor::new(&spec.secrets);
+        let mut stderr_redactor = LogRedactor::new(&spec.secrets);
         let prefix = (names.len() > 1).then(|| format!("[replica {replica}] "));
         log_tasks.push(tokio::spawn(async move {
             let options = LogsOptions {
@@ -251,15 +256,26 @@ pub async fn attempt(
                 ..Default::default()
             };
             let mut logs = docker.logs(&name, Some(options));
-            while let Some(Ok(output)) = logs.next().await {
-                let text = String::from_utf8_lossy(&output.into_bytes()).into_owned();
-                let text = crate::plan::sensitive::redact(&text, &secrets);
-                let text = match &prefix {
-                    Some(prefix) => super::prefix_lines(&text, prefix),
-                    None => text,
+            let write = |bytes: Vec<u8>| {
+                if bytes.is_empty() {
+                    return;
+                }
+                let _ = match &prefix {
+                    Some(prefix) => store.append_log(
+                        super::prefix_lines(&String::from_utf8_lossy(&bytes), prefix).as_bytes(),
+                    ),
+                    None => store.append_log(&bytes),
                 };
-                let _ = store.append_log(text.as_bytes());
+            };
+            while let Some(Ok(output)) = logs.next().await {
+                let redacted = match output {
+                    LogOutput::StdErr { message } => stderr_redactor.push(&message),
+                    other => stdout_redactor.push(&other.into_bytes()),
+                };
+                write(redacted);
             }
+            write(stdout_redactor.finish());
+            write(stderr_redactor.finish());
         }));
     }
     let readiness = spec.readiness.clone().and_then(|r| {

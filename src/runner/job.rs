@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -133,6 +133,24 @@ pub struct JobSpec {
     pub submitted_at: DateTime<Utc>,
 }
 
+impl JobSpec {
+    /// The directory of the run's copy of the project that stands for `working_dir` on this
+    /// machine (`/workflow` is the copy itself; the host runtime runs there, artifacts are read
+    /// from there), or `None` when `..` would take it out of the copy. Validation refuses such
+    /// a `working_dir`; this guards against a job spec written some other way.
+    pub fn local_working_dir(&self) -> Option<PathBuf> {
+        let relative = Path::new(
+            self.working_dir
+                .trim_start_matches("/workflow")
+                .trim_start_matches('/'),
+        );
+        relative
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+            .then(|| self.code_dir.join(relative))
+    }
+}
+
 /// What the runner reports.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobStatus {
@@ -172,7 +190,7 @@ pub struct JobStore {
 
 /// Write a file atomically (temp file + rename), with the given mode.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let temp = path.with_extension(format!("tmp{}", std::process::id()));
     {
         let mut file = std::fs::OpenOptions::new()
@@ -181,6 +199,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
             .truncate(true)
             .mode(mode)
             .open(&temp)?;
+        // A leftover temp file keeps its old mode through `open`: set the one asked for.
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
         file.write_all(bytes)?;
         file.sync_all()?;
     }
@@ -189,10 +209,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
 
 impl JobStore {
     /// The store of `run` in a project's `.dstack/`.
+    ///
+    /// Run names are checked where they enter (state load, the command line), so `run` is one
+    /// path component. Should a name that is not slip through, it gets a directory of its own
+    /// under `runs/.invalid/` rather than a path that `..` or `/` lead out of the project.
     pub fn new(dot_dir: &Path, run: &str) -> Self {
-        Self {
-            dir: dot_dir.join("runs").join(run),
-        }
+        let runs = dot_dir.join("runs");
+        let dir = if crate::model::is_valid_run_name(run) {
+            runs.join(run)
+        } else {
+            use sha2::Digest;
+            tracing::warn!("the run name `{}` is not valid", run.escape_debug());
+            runs.join(".invalid")
+                .join(hex::encode(sha2::Sha256::digest(run.as_bytes())))
+        };
+        Self { dir }
     }
 
     pub fn spec_path(&self) -> PathBuf {
@@ -278,5 +309,47 @@ impl JobStore {
             .append(true)
             .open(self.logs_path())?;
         file.write_all(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn a_job_store_is_always_inside_the_projects_runs_directory() {
+        let dot = Path::new("/project/.dstack");
+        assert_eq!(
+            JobStore::new(dot, "train-3").dir,
+            Path::new("/project/.dstack/runs/train-3")
+        );
+        for hostile in ["../../../victim", "/tmp/victim", "..", "a/b", ""] {
+            let dir = JobStore::new(dot, hostile).dir;
+            assert!(
+                dir.starts_with("/project/.dstack/runs/.invalid")
+                    && dir.components().all(|c| c != Component::ParentDir),
+                "{hostile}: {}",
+                dir.display()
+            );
+        }
+    }
+
+    #[test]
+    fn atomic_writes_get_the_mode_asked_for_over_a_leftover_temp_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("job.json");
+        let temp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&temp, "old").expect("write");
+        std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        write_atomic(&path, b"{}", 0o600).expect("write");
+        let mode = std::fs::metadata(&path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read(&path).expect("read"), b"{}");
     }
 }

@@ -3,7 +3,7 @@
 //! `dstack runner --job-dir DIR` is a mode of the same binary. `apply` starts it detached (its
 //! own process group, so Ctrl-C in the terminal does not reach it) and returns once it has
 //! accepted the job; the runner then owns the run: it starts the container(s) or host process,
-//! streams logs to `logs.txt`, enforces `max_duration`, obeys `stop` / `abort` requests from
+//! streams logs to `logs.txt` (secrets redacted, [`redact`]), enforces `max_duration`, obeys `stop` / `abort` requests from
 //! `control.json`, retries on failure when the run asks for it, saves artifacts, and writes the
 //! final status. It outlives the CLI, so a run finishes even if `apply` is killed.
 
@@ -18,6 +18,7 @@ pub mod code;
 pub mod container;
 pub mod host;
 pub mod job;
+pub mod redact;
 pub mod remote;
 
 use job::{Control, JobSpec, JobStatus, JobStore, Runtime};
@@ -59,14 +60,6 @@ impl Reporter<'_> {
         status.updated_at = Utc::now();
         if let Err(e) = self.store.write_status(&status) {
             tracing::warn!("cannot write the run status: {e}");
-        }
-    }
-
-    pub fn log(&self, bytes: &[u8], secrets: &[String]) {
-        let text = String::from_utf8_lossy(bytes);
-        let text = crate::plan::sensitive::redact(&text, secrets);
-        if let Err(e) = self.store.append_log(text.as_bytes()) {
-            tracing::warn!("cannot write the run log: {e}");
         }
     }
 

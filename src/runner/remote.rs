@@ -81,7 +81,7 @@ impl JobRef {
 
     fn from_queue_name(name: &str) -> Option<Self> {
         let (lineage, run) = name.split_once('.')?;
-        (!lineage.is_empty() && crate::model::is_valid_name(run)).then(|| Self {
+        (safe(lineage) && crate::model::is_valid_run_name(run)).then(|| Self {
             lineage: lineage.to_string(),
             run: run.to_string(),
         })
@@ -95,12 +95,9 @@ pub struct RemoteJobs {
     url: RemoteUrl,
 }
 
-/// Names in keys: only what a lineage (a UUID) or run name holds.
+/// Names in keys and local paths: only what a lineage (a UUID) or run name holds.
 fn safe(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    crate::state::is_valid_lineage(name)
 }
 
 impl RemoteJobs {
@@ -438,7 +435,7 @@ impl RemoteJobs {
         };
         let text = String::from_utf8_lossy(&bytes);
         Ok(text.split_once('/').and_then(|(lineage, run)| {
-            (safe(lineage) && crate::model::is_valid_name(run)).then(|| JobRef {
+            (safe(lineage) && crate::model::is_valid_run_name(run)).then(|| JobRef {
                 lineage: lineage.to_string(),
                 run: run.to_string(),
             })
@@ -606,7 +603,7 @@ pub fn parse_job_url(url: &str) -> Result<(String, JobRef), JobError> {
     let trimmed = url.trim_end_matches('/');
     let (store, rest) = trimmed.rsplit_once("/jobs/").ok_or_else(invalid)?;
     let (lineage, run) = rest.split_once('/').ok_or_else(invalid)?;
-    if !safe(lineage) || !crate::model::is_valid_name(run) {
+    if !safe(lineage) || !crate::model::is_valid_run_name(run) {
         return Err(invalid());
     }
     RemoteUrl::parse(store).map_err(|e| JobError::Url(e.to_string()))?;
@@ -801,6 +798,7 @@ mod tests {
         assert_eq!(JobRef::from_queue_name(&job.queue_name()), Some(job));
         assert_eq!(JobRef::from_queue_name("x.../etc"), None);
         assert_eq!(JobRef::from_queue_name("nodot"), None);
+        assert_eq!(JobRef::from_queue_name("/etc.train-1"), None);
     }
 
     #[test]

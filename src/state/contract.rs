@@ -56,15 +56,9 @@ fn step(name: &str) -> Step {
         .with(Change::PutResource(Box::new(record(name, "active"))))
 }
 
-/// Load, commit, load again: the committed record comes back, with a lineage and serial 1.
-pub async fn round_trip(harness: &dyn Harness) {
-    let store = harness.store();
-    let empty = store.load().await.expect("load an empty state");
-    assert_eq!((empty.lineage.as_deref(), empty.serial), (None, 0));
-    assert!(empty.resources.is_empty());
-    let mut step = step("data");
-    let now = Utc::now();
-    step.changes.push(Change::PutRun(Box::new(RunRecord {
+/// The run `train-1` of `run/train`, running.
+fn round_trip_run() -> RunRecord {
+    RunRecord {
         name: "train-1".into(),
         workflow: None,
         resource: Some("train".into()),
@@ -75,12 +69,24 @@ pub async fn round_trip(harness: &dyn Harness) {
         input_digest: "sha256:x".into(),
         inputs: BTreeMap::new(),
         spec: serde_json::json!({"type": "task"}),
-        submitted_at: now,
+        submitted_at: Utc::now(),
         finished_at: None,
         exit_code: None,
         message: None,
         job: BTreeMap::new(),
-    })));
+    }
+}
+
+/// Load, commit, load again: the committed record comes back, with a lineage and serial 1.
+pub async fn round_trip(harness: &dyn Harness) {
+    let store = harness.store();
+    let empty = store.load().await.expect("load an empty state");
+    assert_eq!((empty.lineage.as_deref(), empty.serial), (None, 0));
+    assert!(empty.resources.is_empty());
+    let mut step = step("data");
+    let run = round_trip_run();
+    let now = run.submitted_at;
+    step.changes.push(Change::PutRun(Box::new(run)));
     step.changes.push(Change::PutTag(TagRecord {
         name: "best".into(),
         run: "train-1".into(),
@@ -114,13 +120,16 @@ fn record_like(snapshot: &Snapshot, id: &str) -> ResourceRecord {
 /// Every commit increments the serial by one and keeps the lineage; deletes take effect.
 pub async fn serial_increments(harness: &dyn Harness) {
     let store = harness.store();
-    let first = store.commit(None, 0, &step("a")).await.expect("commit 1");
+    let first = store
+        .commit(None, 0, &step("vol-a"))
+        .await
+        .expect("commit 1");
     let second = store
-        .commit(Some(&first.lineage), 1, &step("b"))
+        .commit(Some(&first.lineage), 1, &step("vol-b"))
         .await
         .expect("commit 2");
-    let delete = Step::new("delete volume/a").with(Change::DeleteResource(
-        crate::model::ResourceId::new(Kind::Volume, "a"),
+    let delete = Step::new("delete volume/vol-a").with(Change::DeleteResource(
+        crate::model::ResourceId::new(Kind::Volume, "vol-a"),
     ));
     let third = store
         .commit(Some(&first.lineage), 2, &delete)
@@ -130,20 +139,23 @@ pub async fn serial_increments(harness: &dyn Harness) {
     assert_eq!(second.lineage, first.lineage);
     let loaded = harness.store().load().await.expect("load");
     assert_eq!(loaded.serial, 3);
-    assert_eq!(loaded.resources.keys().collect::<Vec<_>>(), ["volume/b"]);
+    assert_eq!(
+        loaded.resources.keys().collect::<Vec<_>>(),
+        ["volume/vol-b"]
+    );
 }
 
 /// A writer whose serial is behind is refused, and the state is unchanged.
 pub async fn stale_serial_refused(harness: &dyn Harness) {
     let store = harness.store();
-    let first = store.commit(None, 0, &step("a")).await.expect("commit");
+    let first = store.commit(None, 0, &step("vol-a")).await.expect("commit");
     let other = harness.store();
     other
-        .commit(Some(&first.lineage), 1, &step("b"))
+        .commit(Some(&first.lineage), 1, &step("vol-b"))
         .await
         .expect("the other writer commits");
     let before = harness.raw().await;
-    match store.commit(Some(&first.lineage), 1, &step("c")).await {
+    match store.commit(Some(&first.lineage), 1, &step("vol-c")).await {
         Err(StateError::Stale {
             expected: 1,
             found: 2,
@@ -156,14 +168,17 @@ pub async fn stale_serial_refused(harness: &dyn Harness) {
         "a refused commit writes nothing"
     );
     let loaded = harness.store().load().await.expect("load");
-    assert!(!loaded.resources.contains_key("volume/c"));
+    assert!(!loaded.resources.contains_key("volume/vol-c"));
 }
 
 /// A writer of another lineage is refused.
 pub async fn lineage_mismatch_refused(harness: &dyn Harness) {
     let store = harness.store();
-    store.commit(None, 0, &step("a")).await.expect("commit");
-    match store.commit(Some("another-lineage"), 1, &step("b")).await {
+    store.commit(None, 0, &step("vol-a")).await.expect("commit");
+    match store
+        .commit(Some("another-lineage"), 1, &step("vol-b"))
+        .await
+    {
         Err(StateError::Lineage { expected, .. }) => assert_eq!(expected, "another-lineage"),
         other => panic!("expected a lineage error, got {other:?}"),
     }
@@ -269,7 +284,7 @@ pub async fn unlock_by_id(harness: &dyn Harness) {
 pub async fn corrupt_state_refused(harness: &dyn Harness) {
     harness
         .store()
-        .commit(None, 0, &step("a"))
+        .commit(None, 0, &step("vol-a"))
         .await
         .expect("commit");
     harness.corrupt().await;
@@ -282,7 +297,11 @@ pub async fn corrupt_state_refused(harness: &dyn Harness) {
         "load refuses"
     );
     assert!(
-        harness.store().commit(None, 1, &step("b")).await.is_err(),
+        harness
+            .store()
+            .commit(None, 1, &step("vol-b"))
+            .await
+            .is_err(),
         "commit refuses"
     );
     assert_eq!(harness.raw().await, before, "never overwritten");
@@ -292,7 +311,7 @@ pub async fn corrupt_state_refused(harness: &dyn Harness) {
 pub async fn future_version_refused(harness: &dyn Harness) {
     harness
         .store()
-        .commit(None, 0, &step("a"))
+        .commit(None, 0, &step("vol-a"))
         .await
         .expect("commit");
     harness.make_future().await;
@@ -303,7 +322,7 @@ pub async fn future_version_refused(harness: &dyn Harness) {
     );
     assert!(
         matches!(
-            harness.store().commit(None, 1, &step("b")).await,
+            harness.store().commit(None, 1, &step("vol-b")).await,
             Err(StateError::TooNew { .. })
         ),
         "commit refuses"
@@ -316,7 +335,7 @@ pub async fn replace_keeps_lineage_and_serial(harness: &dyn Harness) {
     let mut snapshot = Snapshot::empty();
     snapshot.lineage = Some("lineage-from-elsewhere".into());
     snapshot.serial = 41;
-    snapshot.apply(&step("x"));
+    snapshot.apply(&step("vol-x"));
     harness.store().replace(&snapshot).await.expect("replace");
     let loaded = harness.store().load().await.expect("load");
     assert_eq!(
@@ -326,10 +345,35 @@ pub async fn replace_keeps_lineage_and_serial(harness: &dyn Harness) {
     assert_eq!(loaded.resources, snapshot.resources);
     let next = harness
         .store()
-        .commit(Some("lineage-from-elsewhere"), 41, &step("y"))
+        .commit(Some("lineage-from-elsewhere"), 41, &step("vol-y"))
         .await
         .expect("commit after replace");
     assert_eq!(next.serial, 42);
+}
+
+/// A state whose names would be paths (`../victim`) is refused by `load`, naming the record,
+/// and still readable by `load_unchecked` (so `state pull` can fetch it for repair).
+pub async fn unsafe_names_refused(harness: &dyn Harness) {
+    let mut snapshot = Snapshot::empty();
+    snapshot.lineage = Some("lineage-from-elsewhere".into());
+    snapshot.serial = 3;
+    snapshot.apply(&step("data"));
+    let mut run = round_trip_run();
+    run.name = "../../../victim".into();
+    snapshot.runs.insert(run.name.clone(), run);
+    harness.store().replace(&snapshot).await.expect("replace");
+    match harness.store().load().await {
+        Err(StateError::UnsafeNames { records, .. }) => {
+            assert!(records.contains("runs[`../../../victim`]"), "{records}");
+        }
+        other => panic!("expected the names to be refused, got {other:?}"),
+    }
+    let unchecked = harness
+        .store()
+        .load_unchecked()
+        .await
+        .expect("load unchecked");
+    assert!(unchecked.runs.contains_key("../../../victim"));
 }
 
 #[cfg(test)]
@@ -376,5 +420,6 @@ mod tests {
         replace_keeps_lineage_and_serial(&harness()).await;
         corrupt_state_refused(&harness()).await;
         future_version_refused(&harness()).await;
+        unsafe_names_refused(&harness()).await;
     }
 }

@@ -68,7 +68,7 @@ impl StateStore for MemoryStore {
         "memory:".into()
     }
 
-    async fn load(&self) -> Result<Snapshot, StateError> {
+    async fn load_unchecked(&self) -> Result<Snapshot, StateError> {
         Self::parse(self.inner().document.as_ref())
     }
 

@@ -23,6 +23,7 @@ use serde_json::Value as Json;
 
 use crate::model::{ConfigType, Kind, ResourceId, SourceRef};
 
+pub mod check;
 pub mod contract;
 pub mod lock;
 pub mod memory;
@@ -30,6 +31,7 @@ pub mod s3;
 pub mod sqlite;
 pub mod url;
 
+pub use check::is_valid_lineage;
 pub use lock::LockInfo;
 pub use url::StateUrl;
 
@@ -370,6 +372,11 @@ pub enum StateError {
         "it was left untouched; restore it from a backup (`{location}` history, `KEY.backup`, or bucket versioning), or point `--state` elsewhere"
     ))]
     Corrupt { location: String, reason: String },
+    #[error("`{location}` holds names that are not safe to use (they become paths):\n{records}")]
+    #[diagnostic(help(
+        "dstack never writes such names, so the state was edited outside it. Fix or remove those records: `dstack state pull > state.json`, edit it, then `dstack state push --force state.json`"
+    ))]
+    UnsafeNames { location: String, records: String },
     #[error("{message}")]
     Backend {
         message: String,
@@ -390,8 +397,26 @@ pub trait StateStore: Send + Sync {
     /// The URL of the store, for messages.
     fn location(&self) -> String;
 
-    /// Read the current snapshot (an empty one, without lineage, when there is no state yet).
-    async fn load(&self) -> Result<Snapshot, StateError>;
+    /// Read the current snapshot (an empty one, without lineage, when there is no state yet),
+    /// refusing one whose names break the naming rules ([`StateError::UnsafeNames`]): every
+    /// name it returns is safe to use in a path.
+    async fn load(&self) -> Result<Snapshot, StateError> {
+        let snapshot = self.load_unchecked().await?;
+        let problems = snapshot.unsafe_records();
+        if problems.is_empty() {
+            Ok(snapshot)
+        } else {
+            Err(StateError::UnsafeNames {
+                location: self.location(),
+                records: indented(&problems),
+            })
+        }
+    }
+
+    /// Read the current snapshot as stored, without checking its names. Only for `state pull`
+    /// (to fix such a document) and for reading a state that is about to be replaced; nothing
+    /// read this way may be used in a path.
+    async fn load_unchecked(&self) -> Result<Snapshot, StateError>;
 
     /// Commit a step computed against `expected_serial` of `lineage` (`None` for a state that
     /// does not exist yet, which this commit creates with a new lineage). Returns the lineage and
@@ -417,6 +442,15 @@ pub trait StateStore: Send + Sync {
     async fn replace(&self, snapshot: &Snapshot) -> Result<(), StateError>;
 }
 
+/// Problems, one per line, indented under the error that lists them.
+pub fn indented(problems: &[String]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The outcome of a commit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Committed {
@@ -427,6 +461,23 @@ pub struct Committed {
 /// A new lineage identifier.
 pub fn new_lineage() -> String {
     uuid::Uuid::new_v4().to_string()
+}
+
+/// Write a state or plan file readable and writable by its owner only (§6), replacing any
+/// previous content. The mode is set again after opening: `open`'s mode applies only to a file it
+/// creates, and a file that already existed keeps whatever mode it had.
+pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 /// Check a loaded document's format version.
@@ -513,6 +564,50 @@ pub fn document_schema() -> Json {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &std::path::Path) -> u32 {
+        std::fs::metadata(path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    #[test]
+    fn private_files_are_private_even_over_a_world_readable_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("plan.out");
+        std::fs::write(&path, "a longer, older content").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        super::write_private(&path, b"{}").expect("write");
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(std::fs::read(&path).expect("read"), b"{}");
+        let new = dir.path().join("new.plan");
+        super::write_private(&new, b"{}").expect("write");
+        assert_eq!(mode(&new), 0o600);
+    }
+
+    #[tokio::test]
+    async fn an_empty_sqlite_file_becomes_a_private_state() {
+        use super::StateStore;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state.db");
+        std::fs::write(&path, "").expect("touch");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let store = super::sqlite::SqliteStore::new(path.clone());
+        store
+            .commit(None, 0, &super::Step::new("nothing"))
+            .await
+            .expect("commit");
+        for file in ["state.db", "state.db-wal", "state.db-shm"] {
+            let file = dir.path().join(file);
+            if file.exists() {
+                assert_eq!(mode(&file), 0o600, "{}", file.display());
+            }
+        }
+    }
+
     #[test]
     fn state_schema_is_up_to_date() {
         let path =

@@ -248,17 +248,7 @@ impl S3Store {
         let written = path
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| {
-                use std::io::Write;
-                use std::os::unix::fs::OpenOptionsExt;
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(path)?;
-                file.write_all(text.as_bytes())
-            });
+            .and_then(|()| super::write_private(path, text.as_bytes()));
         match written {
             Ok(()) => StateError::Errored {
                 message: error.to_string(),
@@ -278,7 +268,7 @@ impl StateStore for S3Store {
         self.url()
     }
 
-    async fn load(&self) -> Result<Snapshot, StateError> {
+    async fn load_unchecked(&self) -> Result<Snapshot, StateError> {
         Ok(self.current().await?.0)
     }
 

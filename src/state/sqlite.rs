@@ -78,10 +78,13 @@ impl SqliteStore {
 
     /// Open the database. Returns `None` when it does not exist and `create` is false.
     fn open(&self, create: bool) -> Result<Option<Connection>, StateError> {
-        if !self.path.exists() {
-            if !create {
-                return Ok(None);
-            }
+        // An empty file is a state still to be created (`touch`ed, or a crash before the
+        // schema): it is made private like a new one.
+        let metadata = std::fs::metadata(&self.path).ok();
+        if metadata.is_none() && !create {
+            return Ok(None);
+        }
+        if create && metadata.is_none_or(|m| m.len() == 0) {
             if let Some(parent) = self.path.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| StateError::Backend {
                     message: format!("cannot create `{}`: {e}", parent.display()),
@@ -469,22 +472,17 @@ fn key_column(table: &str) -> &'static str {
     }
 }
 
-/// Create an empty file readable and writable by its owner only.
+/// Create an empty file readable and writable by its owner only, or make an existing empty one
+/// so: `open`'s mode applies only to a file it creates.
 fn create_private(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(false)
         .mode(0o600)
-        .open(path)
-        .map(drop)
-        .or_else(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
 }
 
 /// Serialize any record to JSON text.
@@ -519,7 +517,7 @@ impl StateStore for SqliteStore {
         format!("sqlite:{}", self.path.display())
     }
 
-    async fn load(&self) -> Result<Snapshot, StateError> {
+    async fn load_unchecked(&self) -> Result<Snapshot, StateError> {
         let store = self.clone();
         blocking(move || store.load_sync()).await
     }

@@ -184,6 +184,11 @@ macro_rules! contract_tests {
             async fn replace_keeps_lineage_and_serial() {
                 contract::replace_keeps_lineage_and_serial(&$harness).await;
             }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn unsafe_names_refused() {
+                contract::unsafe_names_refused(&$harness).await;
+            }
         }
     };
 }
