@@ -25,6 +25,61 @@ pub struct Placement {
     pub cache: Vec<crate::runner::cache::JobCache>,
 }
 
+/// The project snapshot a remote job's `/workflow` gets, with the dependencies' artifacts in
+/// place, packed as a tar file in a temporary directory (kept alive by the returned guard).
+pub fn pack_code(
+    project_dir: &std::path::Path,
+    artifact_store: &std::path::Path,
+    request: &Request,
+    spec: &RunSpec,
+    working_dir: &str,
+) -> Result<(tempfile::TempDir, PathBuf), super::BackendError> {
+    use super::{BackendError, ErrorKind};
+    // The snapshot /workflow gets, with the dependencies' artifacts in place.
+    let temp = tempfile::tempdir().map_err(|e| {
+        BackendError::new(
+            ErrorKind::Internal,
+            format!("cannot create a temporary directory: {e}"),
+        )
+    })?;
+    let code = temp.path().join("code");
+    let artifacts: Vec<String> = spec
+        .common
+        .artifacts
+        .iter()
+        .map(|a| a.path.clone())
+        .collect();
+    let excluded =
+        crate::runner::code::artifact_exclusions(spec.common.working_dir.as_deref(), &artifacts);
+    crate::runner::code::snapshot(project_dir, &code, &excluded).map_err(|e| {
+        BackendError::new(ErrorKind::Internal, format!("cannot copy the project: {e}"))
+    })?;
+    let inside = working_dir
+        .strip_prefix("/workflow")
+        .unwrap_or_default()
+        .trim_start_matches('/');
+    let store = crate::artifacts::Store::new(artifact_store.to_path_buf());
+    for manifest in &request.deps {
+        store
+            .materialize(manifest, &code.join(inside))
+            .map_err(|e| {
+                BackendError::new(
+                    ErrorKind::Invalid,
+                    format!("cannot place the artifacts of {}: {e}", manifest.run),
+                )
+                .with_hint(format!(
+                    "`dstack pull {}` fetches pushed artifacts into this machine's store",
+                    manifest.run
+                ))
+            })?;
+    }
+    let tar = temp.path().join("code.tar");
+    crate::runner::remote::pack(&code, &tar).map_err(|e| {
+        BackendError::new(ErrorKind::Internal, format!("cannot pack the project: {e}"))
+    })?;
+    Ok((temp, tar))
+}
+
 /// The image of a run: its `image`, else the backend's default, else `python:3.X-slim`.
 pub fn image(spec: &RunSpec, default_image: Option<&str>) -> String {
     spec.common.image.clone().unwrap_or_else(|| {

@@ -320,7 +320,27 @@ pub fn for_project(
         )));
     }
     if let Some(settings) = aws::AwsSettings::from_config(&project.config) {
-        backends.insert(Arc::new(aws::AwsBackend::new(settings)));
+        let mut backend = aws::AwsBackend::new(settings);
+        if let Some(stores) = project
+            .config
+            .artifacts
+            .as_ref()
+            .map(super::config::project::ArtifactsSetting::stores)
+            && let Some(url) = stores.remote.clone()
+        {
+            backend = backend.with_runs(aws::RunSettings {
+                store_url: url,
+                connection: crate::aws::Connection {
+                    region: stores.region.clone(),
+                    profile: stores.profile.clone(),
+                    endpoint_url: stores.endpoint_url.clone(),
+                },
+                project_dir: project.root.clone(),
+                artifact_store: artifact_root(project, env),
+                runner_binary: env("DSTACK_RUNNER_BINARY").map(PathBuf::from),
+            });
+        }
+        backends.insert(Arc::new(backend));
     }
     backends
 }

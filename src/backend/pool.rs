@@ -139,50 +139,13 @@ impl PoolBackend {
             })
             .collect();
         let working_dir = super::jobspec::working_dir(spec);
-        // The snapshot /workflow gets, with the dependencies' artifacts in place.
-        let temp = tempfile::tempdir().map_err(|e| {
-            BackendError::new(
-                ErrorKind::Internal,
-                format!("cannot create a temporary directory: {e}"),
-            )
-        })?;
-        let code = temp.path().join("code");
-        let artifacts: Vec<String> = spec
-            .common
-            .artifacts
-            .iter()
-            .map(|a| a.path.clone())
-            .collect();
-        let excluded = crate::runner::code::artifact_exclusions(
-            spec.common.working_dir.as_deref(),
-            &artifacts,
-        );
-        crate::runner::code::snapshot(&self.project_dir, &code, &excluded).map_err(|e| {
-            BackendError::new(ErrorKind::Internal, format!("cannot copy the project: {e}"))
-        })?;
-        let inside = working_dir
-            .strip_prefix("/workflow")
-            .unwrap_or_default()
-            .trim_start_matches('/');
-        let store = crate::artifacts::Store::new(self.artifact_store.clone());
-        for manifest in &request.deps {
-            store
-                .materialize(manifest, &code.join(inside))
-                .map_err(|e| {
-                    BackendError::new(
-                        ErrorKind::Invalid,
-                        format!("cannot place the artifacts of {}: {e}", manifest.run),
-                    )
-                    .with_hint(format!(
-                        "`dstack pull {}` fetches pushed artifacts into this machine's store",
-                        manifest.run
-                    ))
-                })?;
-        }
-        let tar = temp.path().join("code.tar");
-        crate::runner::remote::pack(&code, &tar).map_err(|e| {
-            BackendError::new(ErrorKind::Internal, format!("cannot pack the project: {e}"))
-        })?;
+        let (_temp, tar) = super::jobspec::pack_code(
+            &self.project_dir,
+            &self.artifact_store,
+            request,
+            spec,
+            &working_dir,
+        )?;
         let job = super::jobspec::build(
             request,
             spec,

@@ -133,6 +133,10 @@ pub enum BackendSetting {
         /// The machine image: a name filter (wildcards allowed) and an owner.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         image: Option<ImageFilter>,
+        /// The IAM instance profile of the instances (a run's runner reads and writes the
+        /// remote artifact store with its role).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        instance_profile: Option<String>,
     },
 }
 

@@ -46,7 +46,10 @@ fn config(spec: &JobSpec, replica: u32) -> ContainerCreateBody {
     for mount in &spec.mounts {
         match &mount.source {
             MountSource::Volume { name } => binds.push(format!("{name}:{}", mount.target)),
-            MountSource::Bind { path } => {
+            MountSource::Bind { path }
+            | MountSource::Device {
+                mount_dir: path, ..
+            } => {
                 binds.push(format!("{}:{}", path.display(), mount.target));
             }
         }

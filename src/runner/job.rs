@@ -36,6 +36,16 @@ pub enum MountSource {
     Volume { name: String },
     /// A directory of the machine.
     Bind { path: PathBuf },
+    /// A block device attached to the machine (an EBS volume on EC2), which the runner mounts
+    /// at `mount_dir` before the job starts (see [`super::devices`]).
+    Device {
+        /// The device name it was attached as (`/dev/sdf`); the kernel may call it otherwise.
+        device: String,
+        volume_id: String,
+        /// dstack created the volume, so a blank one may be formatted (ext4).
+        format: bool,
+        mount_dir: PathBuf,
+    },
 }
 
 /// One mount of the job.

@@ -16,6 +16,7 @@ use crate::state::RunStatus;
 pub mod cache;
 pub mod code;
 pub mod container;
+pub mod devices;
 pub mod host;
 pub mod job;
 pub mod redact;

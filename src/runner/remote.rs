@@ -375,6 +375,115 @@ impl RemoteJobs {
         .map(drop)
     }
 
+    /// Record the end of a job whose runner has not reported yet (stopped before it started).
+    /// Returns false, writing nothing, when the runner has reported.
+    pub async fn end_unstarted(&self, job: &JobRef, control: Control) -> Result<bool, JobError> {
+        let now = chrono::Utc::now();
+        let status = JobStatus {
+            status: match control {
+                Control::Stop => crate::state::RunStatus::Stopped,
+                Control::Abort => crate::state::RunStatus::Aborted,
+            },
+            exit_code: None,
+            message: Some("stopped before its runner started".into()),
+            runner_pid: 0,
+            containers: Vec::new(),
+            ports: Vec::new(),
+            attempt: 0,
+            started_at: now,
+            finished_at: Some(now),
+            updated_at: now,
+        };
+        self.put(
+            &self.job_key(job, "status.json")?,
+            serde_json::to_vec_pretty(&status).unwrap_or_default(),
+            true,
+        )
+        .await
+    }
+
+    /// Whether an object exists.
+    pub async fn object_exists(&self, key: &str) -> Result<bool, JobError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.url.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e)
+                if matches!(e.code(), Some("NotFound" | "NoSuchKey"))
+                    || e.raw_response().is_some_and(|r| r.status().as_u16() == 404) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(self.error(&e, &format!("reading {key}"))),
+        }
+    }
+
+    /// The region the store's client talks to.
+    pub fn region(&self) -> Option<String> {
+        self.client.config().region().map(ToString::to_string)
+    }
+
+    /// The key of the runner binary for a version and architecture (`bin/VERSION/ARCH/dstack`).
+    pub fn binary_key(&self, version: &str, arch: &str) -> String {
+        self.key(&format!("bin/{version}/{arch}/dstack"))
+    }
+
+    /// Upload the runner binary unless the store has it already (same SHA-256).
+    pub async fn upload_binary(&self, key: &str, path: &Path) -> Result<(), JobError> {
+        let digest = sha256_file(path)
+            .map_err(|e| JobError::Local(format!("cannot read {}: {e}", path.display())))?;
+        let existing = self
+            .client
+            .head_object()
+            .bucket(&self.url.bucket)
+            .key(key)
+            .send()
+            .await;
+        match existing {
+            Ok(head) if head.metadata().and_then(|m| m.get("sha256")) == Some(&digest) => {
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(e.code(), Some("NotFound" | "NoSuchKey"))
+                    || e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {}
+            Err(e) => return Err(self.error(&e, &format!("reading {key}"))),
+        }
+        let body = ByteStream::from_path(path)
+            .await
+            .map_err(|e| JobError::Local(format!("cannot read {}: {e}", path.display())))?;
+        self.client
+            .put_object()
+            .bucket(&self.url.bucket)
+            .key(key)
+            .metadata("sha256", digest)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.error(&e, &format!("writing {key}")))?;
+        Ok(())
+    }
+
+    /// A URL that lets anyone GET the object for `expires` (what user-data downloads with).
+    pub async fn presigned_get(&self, key: &str, expires: Duration) -> Result<String, JobError> {
+        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(expires)
+            .map_err(|e| JobError::Local(format!("cannot presign {key}: {e}")))?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.url.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| self.error(&e, &format!("presigning {key}")))?;
+        Ok(request.uri().to_string())
+    }
+
     /// Stop a job no runner has taken yet: claim it for nobody (the same conditional write the
     /// runners make, so it cannot race one) and record its end. Returns false when a runner has
     /// it (then [`Self::request`] tells that runner).
@@ -655,6 +764,10 @@ pub async fn run_job(
             });
             return;
         }
+        if let Err(error) = mount_devices(&spec, &store).await {
+            fail(&store, &error);
+            return;
+        }
         if let Some(image) = &spec.image {
             let ready = async {
                 let docker = crate::backend::local::docker::connect().await?;
@@ -662,20 +775,7 @@ pub async fn run_job(
             }
             .await;
             if let Err(error) = ready {
-                let now = chrono::Utc::now();
-                let _ = store.append_log(format!("[dstack] {error}\n").as_bytes());
-                let _ = store.write_status(&JobStatus {
-                    status: crate::state::RunStatus::Failed,
-                    exit_code: None,
-                    message: Some(error.to_string()),
-                    runner_pid: std::process::id(),
-                    containers: Vec::new(),
-                    ports: Vec::new(),
-                    attempt: 0,
-                    started_at: now,
-                    finished_at: Some(now),
-                    updated_at: now,
-                });
+                fail(&store, &error.to_string());
                 return;
             }
         }
@@ -709,6 +809,77 @@ pub async fn run_job(
     let mirror = jobs.mirror(job, &store, Duration::from_millis(500), push);
     let ((), mirrored) = tokio::join!(runner, mirror);
     mirrored
+}
+
+/// The SHA-256 of a file, in hex.
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let mut file = std::fs::File::open(path)?;
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// End a job that could not start: log why and report it failed.
+fn fail(store: &JobStore, error: &str) {
+    let now = chrono::Utc::now();
+    let _ = store.append_log(format!("[dstack] {error}\n").as_bytes());
+    let _ = store.write_status(&JobStatus {
+        status: crate::state::RunStatus::Failed,
+        exit_code: None,
+        message: Some(error.to_string()),
+        runner_pid: std::process::id(),
+        containers: Vec::new(),
+        ports: Vec::new(),
+        attempt: 0,
+        started_at: now,
+        finished_at: Some(now),
+        updated_at: now,
+    });
+}
+
+/// How long the runner waits for an attached volume to show up.
+const DEVICE_TIMEOUT: Duration = Duration::from_mins(10);
+
+/// Mount the job's block devices (EBS volumes attached to this instance), formatting the blank
+/// ones dstack created (see [`super::devices`]).
+async fn mount_devices(spec: &JobSpec, store: &JobStore) -> Result<(), String> {
+    for mount in &spec.mounts {
+        let super::job::MountSource::Device {
+            device,
+            volume_id,
+            format,
+            mount_dir,
+        } = &mount.source
+        else {
+            continue;
+        };
+        let _ =
+            store.append_log(format!("[dstack] waiting for the volume {volume_id}\n").as_bytes());
+        let path = super::devices::wait_for(device, volume_id, DEVICE_TIMEOUT).await?;
+        let prepared = super::devices::prepare(&path, volume_id, *format, mount_dir)?;
+        let _ = store.append_log(
+            format!(
+                "[dstack] mounted {volume_id} ({}{}) at {}\n",
+                path.display(),
+                if prepared.formatted {
+                    ", formatted ext4"
+                } else {
+                    ""
+                },
+                mount.target
+            )
+            .as_bytes(),
+        );
+    }
+    Ok(())
 }
 
 /// Serve a runner pool: claim queued jobs one at a time and run them. With `idle_exit`, return

@@ -29,7 +29,7 @@ use crate::common::moto::moto;
 use crate::common::{Run, TestContext};
 
 /// The name pattern of the image tests boot, registered once in moto.
-const IMAGE_PATTERN: &str = "dstack-test-ubuntu-22.04-*";
+pub(crate) const IMAGE_PATTERN: &str = "dstack-test-ubuntu-22.04-*";
 
 async fn sdk_config() -> aws_config::SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
@@ -40,12 +40,12 @@ async fn sdk_config() -> aws_config::SdkConfig {
         .await
 }
 
-async fn ec2() -> aws_sdk_ec2::Client {
+pub(crate) async fn ec2() -> aws_sdk_ec2::Client {
     aws_sdk_ec2::Client::new(&sdk_config().await)
 }
 
 /// Register the test image (moto's own images are from 2017 and match no Ubuntu 22.04 name).
-async fn image() -> String {
+pub(crate) async fn image() -> String {
     static IMAGE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
     IMAGE
         .get_or_init(|| async {
@@ -65,7 +65,7 @@ async fn image() -> String {
         .clone()
 }
 
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
+pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

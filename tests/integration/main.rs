@@ -6,6 +6,7 @@ mod common;
 mod artifacts;
 mod artifacts_remote;
 mod aws;
+mod aws_runs;
 mod ci_gate;
 mod cli;
 mod conformance;

@@ -128,6 +128,34 @@ pub struct Launch {
     pub tags: BTreeMap<String, String>,
     /// Makes a retried call idempotent.
     pub client_token: Option<String>,
+    /// The boot script (plain text; encoded for EC2 here).
+    pub user_data: Option<String>,
+    /// A shutdown from inside the instance terminates it (a run's instance ends with its run).
+    pub shutdown_terminates: bool,
+    /// The IAM instance profile (name) whose role the instance's software acts as.
+    pub instance_profile: Option<String>,
+}
+
+/// Standard base64 with padding, as EC2 takes user data.
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// One GPU model of an instance type.
@@ -757,7 +785,19 @@ impl Ec2Api for SdkEc2 {
             )
             .tag_specifications(tag_specification(ec2::ResourceType::Instance, &launch.tags))
             .tag_specifications(tag_specification(ec2::ResourceType::Volume, &launch.tags))
-            .set_client_token(launch.client_token.clone());
+            .set_client_token(launch.client_token.clone())
+            .set_user_data(launch.user_data.as_deref().map(|u| base64(u.as_bytes())));
+        if launch.shutdown_terminates {
+            request =
+                request.instance_initiated_shutdown_behavior(ec2::ShutdownBehavior::Terminate);
+        }
+        if let Some(profile) = &launch.instance_profile {
+            request = request.iam_instance_profile(
+                ec2::IamInstanceProfileSpecification::builder()
+                    .name(profile)
+                    .build(),
+            );
+        }
         request = match &launch.subnet_id {
             Some(subnet) => request.subnet_id(subnet),
             None => request.placement(
@@ -951,5 +991,19 @@ impl Ec2Api for SdkEc2 {
                 vpc_id: s.vpc_id().unwrap_or_default().to_string(),
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64;
+
+    #[test]
+    fn base64_matches_the_standard_alphabet_and_padding() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"#!/bin/sh\n"), "IyEvYmluL3NoCg==");
     }
 }

@@ -45,7 +45,7 @@ pub fn fleet_id(name: &str, lineage: &str) -> String {
 }
 
 /// A node: its region and instance.
-type Node = (String, InstanceInfo);
+pub(super) type Node = (String, InstanceInfo);
 
 fn node_index(instance: &InstanceInfo) -> i64 {
     instance
@@ -316,15 +316,19 @@ async fn reconcile(
             .filter(|i| !used.contains(i))
             .take(target - live.len())
             .collect();
-        let mut launcher = Launcher::new(backend, request, spec, fleet, target).await?;
+        let purpose = Purpose::Node {
+            fleet: fleet.to_string(),
+            target,
+        };
+        let mut launcher = Launcher::new(backend, request, spec, purpose).await?;
         for index in missing {
-            live.push(launcher.launch(index).await?);
+            live.push(launcher.launch(index).await?.0);
         }
     }
     wait_running(backend, request, live).await
 }
 
-async fn wait_running(
+pub(super) async fn wait_running(
     backend: &AwsBackend,
     request: &Request,
     live: Vec<Node>,
@@ -383,7 +387,11 @@ async fn wait_running(
 }
 
 /// Terminate nodes and wait until they are gone.
-async fn terminate(backend: &AwsBackend, what: &str, doomed: &[Node]) -> Result<(), BackendError> {
+pub(super) async fn terminate(
+    backend: &AwsBackend,
+    what: &str,
+    doomed: &[Node],
+) -> Result<(), BackendError> {
     let grouped = by_region(doomed);
     for (region, group) in &grouped {
         let ids: Vec<String> = group.iter().map(|i| i.id.clone()).collect();
@@ -471,14 +479,21 @@ pub(super) async fn find(
         .collect())
 }
 
-/// Launches the nodes of one reconcile, remembering offers, images, subnets and the zones that
-/// had no capacity.
-struct Launcher<'a> {
+/// What an instance is launched for.
+pub(super) enum Purpose {
+    /// Node `index` (of [`Launcher::launch`]) of a fleet of `target` nodes.
+    Node { fleet: String, target: usize },
+    /// The instance of one run: it boots `user_data` and terminates when that shuts it down.
+    Run { run: String, user_data: String },
+}
+
+/// Launches the nodes of one reconcile (or a run's instance), remembering offers, images,
+/// subnets and the zones that had no capacity.
+pub(super) struct Launcher<'a> {
     backend: &'a AwsBackend,
     request: &'a Request,
     spec: &'a FleetSpec,
-    fleet: &'a str,
-    target: usize,
+    purpose: Purpose,
     offers: Vec<Offer>,
     images: BTreeMap<(String, String), ImageInfo>,
     subnets: BTreeMap<String, Option<Vec<SubnetInfo>>>,
@@ -491,20 +506,18 @@ struct Launcher<'a> {
 }
 
 impl<'a> Launcher<'a> {
-    async fn new(
+    pub(super) async fn new(
         backend: &'a AwsBackend,
         request: &'a Request,
         spec: &'a FleetSpec,
-        fleet: &'a str,
-        target: usize,
+        purpose: Purpose,
     ) -> Result<Self, BackendError> {
         let offers = fleet_offers(backend, request, spec).await?;
         Ok(Self {
             backend,
             request,
             spec,
-            fleet,
-            target,
+            purpose,
             offers,
             images: BTreeMap::new(),
             subnets: BTreeMap::new(),
@@ -576,11 +589,14 @@ impl<'a> Launcher<'a> {
     fn no_capacity(&self, index: i64) -> BackendError {
         let shown: Vec<&str> = self.tried.iter().take(10).map(String::as_str).collect();
         let more = self.tried.len().saturating_sub(shown.len());
+        let what = match &self.purpose {
+            Purpose::Node { .. } => format!("node {index} of {}", self.request.id),
+            Purpose::Run { run, .. } => format!("run {run}"),
+        };
         BackendError::new(
             ErrorKind::Conflict,
             format!(
-                "no capacity for node {index} of {}: tried {}{}",
-                self.request.id,
+                "no capacity for {what}: tried {}{}",
                 shown.join("; "),
                 if more > 0 { format!("; and {more} more") } else { String::new() }
             ),
@@ -588,8 +604,8 @@ impl<'a> Launcher<'a> {
         .with_hint("allow more instance types, zones or regions (`instance_types`, `availability_zones`, `regions`), use `spot_policy: auto`, or try later")
     }
 
-    /// Launch node `index`: the offers cheapest first, each in its zones.
-    async fn launch(&mut self, index: i64) -> Result<Node, BackendError> {
+    /// Launch node `index` (0 for a run): the offers cheapest first, each in its zones.
+    pub(super) async fn launch(&mut self, index: i64) -> Result<(Node, Offer), BackendError> {
         let name = &self.request.id.name;
         let mut offers_tried = 0;
         for number in 0..self.offers.len() {
@@ -631,12 +647,24 @@ impl<'a> Launcher<'a> {
                     }
                 };
                 let mut labels = self.request.labels.clone();
-                labels.insert("dstack.fleet".into(), self.fleet.to_string());
-                labels.insert("dstack.node".into(), index.to_string());
-                labels.insert("dstack.nodes".into(), self.target.to_string());
+                let (instance_name, user_data) = match &self.purpose {
+                    Purpose::Node { fleet, target } => {
+                        labels.insert("dstack.fleet".into(), fleet.clone());
+                        labels.insert("dstack.node".into(), index.to_string());
+                        labels.insert("dstack.nodes".into(), target.to_string());
+                        (
+                            format!("dstack-{}-{name}-{index}", self.request.project),
+                            None,
+                        )
+                    }
+                    Purpose::Run { run, user_data } => (
+                        format!("dstack-{}-{run}", self.request.project),
+                        Some(user_data.clone()),
+                    ),
+                };
                 let tags = self.backend.tags(
                     &labels,
-                    &format!("dstack-{}-{name}-{index}", self.request.project),
+                    &instance_name,
                     self.spec.tags.as_ref().map(|t| &t.0),
                 );
                 let launch = Launch {
@@ -654,11 +682,11 @@ impl<'a> Launcher<'a> {
                     root_size_gib: root_disk_gib(self.spec.resources.as_ref()),
                     tags,
                     client_token: None,
+                    shutdown_terminates: user_data.is_some(),
+                    user_data,
+                    instance_profile: self.backend.settings.instance_profile.clone(),
                 };
-                tracing::info!(
-                    "launching node {index} of fleet/{name}: {} in {zone}",
-                    offer.describe()
-                );
+                tracing::info!("launching {instance_name}: {} in {zone}", offer.describe());
                 match self
                     .backend
                     .api()
@@ -669,7 +697,7 @@ impl<'a> Launcher<'a> {
                         if self.spec.placement == Some(Placement::Cluster) {
                             self.pinned = Some((number, zone));
                         }
-                        return Ok((offer.region.clone(), instance));
+                        return Ok(((offer.region.clone(), instance), offer));
                     }
                     Err(error) if error.is_capacity() => {
                         tracing::info!("{} in {zone}: {error}", offer.describe());
@@ -683,8 +711,12 @@ impl<'a> Launcher<'a> {
                     Err(error) => {
                         return Err(to_backend(
                             &format!(
-                                "launching node {index} of {} as {}{} in {zone}",
-                                self.request.id,
+                                "launching {} as {}{} in {zone}",
+                                match &self.purpose {
+                                    Purpose::Node { .. } =>
+                                        format!("node {index} of {}", self.request.id),
+                                    Purpose::Run { run, .. } => format!("the instance of {run}"),
+                                },
                                 offer.instance.name,
                                 if offer.spot { " (spot)" } else { "" }
                             ),

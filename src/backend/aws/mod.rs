@@ -1,4 +1,4 @@
-//! The aws backend: EBS volumes and EC2 fleets (runs on EC2 are not part of this build yet).
+//! The aws backend: EBS volumes, EC2 fleets, and runs on EC2 instances ([`runs`]).
 //!
 //! - Every EC2 call goes through [`ec2::Ec2Api`]; [`ec2::SdkEc2`] is the real one, and tests wrap
 //!   it to inject the errors a local double cannot produce.
@@ -21,6 +21,7 @@ mod fleets;
 pub mod offers;
 pub mod orphans;
 pub mod prices;
+mod runs;
 mod volumes;
 
 use std::collections::BTreeMap;
@@ -60,6 +61,8 @@ pub struct AwsSettings {
     /// Tags of every object, after dstack's own.
     pub tags: BTreeMap<String, String>,
     pub image: Option<ImageFilter>,
+    /// The IAM instance profile of launched instances.
+    pub instance_profile: Option<String>,
 }
 
 impl AwsSettings {
@@ -74,6 +77,7 @@ impl AwsSettings {
                 subnet_ids,
                 tags,
                 image,
+                instance_profile,
             } => Some(Self {
                 regions: regions.clone(),
                 profile: profile.clone(),
@@ -82,6 +86,7 @@ impl AwsSettings {
                 subnet_ids: subnet_ids.clone(),
                 tags: tags.clone(),
                 image: image.clone(),
+                instance_profile: instance_profile.clone(),
             }),
             BackendSetting::Local { .. } => None,
         }
@@ -120,22 +125,33 @@ impl Default for Timing {
     }
 }
 
+/// What runs on EC2 need besides EC2: the job store (the remote artifact store) and what goes
+/// into it.
+#[derive(Clone, Debug)]
+pub struct RunSettings {
+    /// `artifacts.remote` of .dstack/config.yml: `s3://BUCKET/PREFIX`.
+    pub store_url: String,
+    pub connection: crate::aws::Connection,
+    pub project_dir: std::path::PathBuf,
+    /// The local artifact store (dependencies' artifacts come from it).
+    pub artifact_store: std::path::PathBuf,
+    /// The Linux build of dstack instances run (`DSTACK_RUNNER_BINARY`); default: this
+    /// executable, when it is one.
+    pub runner_binary: Option<std::path::PathBuf>,
+}
+
 /// The aws backend of a project.
 pub struct AwsBackend {
     settings: AwsSettings,
     api: Arc<dyn Ec2Api>,
     timing: Timing,
+    runs: Option<RunSettings>,
+    jobs: tokio::sync::OnceCell<crate::runner::remote::RemoteJobs>,
 }
 
-/// The error of every run method until runs on EC2 land.
-fn runs_unavailable() -> BackendError {
-    BackendError::new(
-        ErrorKind::Invalid,
-        "runs on aws are not available in this build",
-    )
-    .with_hint(
-        "run it on the local backend (`backends: [local]`), or provision an aws fleet for later",
-    )
+/// The error of tag methods, which are no backend objects.
+fn not_an_object() -> BackendError {
+    BackendError::new(ErrorKind::Internal, "tags are not backend objects")
 }
 
 /// `dstack.project` → `dstack_project`; other keys stay as they are.
@@ -182,7 +198,16 @@ impl AwsBackend {
             settings,
             api,
             timing: Timing::default(),
+            runs: None,
+            jobs: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// Let the backend run jobs, through this job store.
+    #[must_use]
+    pub fn with_runs(mut self, runs: RunSettings) -> Self {
+        self.runs = Some(runs);
+        self
     }
 
     #[must_use]
@@ -315,9 +340,9 @@ impl Backend for AwsBackend {
         Capabilities {
             volumes: true,
             fleets: true,
-            runs: false,
+            runs: true,
             resize_volumes: true,
-            instance_volumes: false,
+            instance_volumes: true,
         }
     }
 
@@ -325,7 +350,13 @@ impl Backend for AwsBackend {
         match record.kind {
             Kind::Volume => volumes::read(self, record).await,
             Kind::Fleet => fleets::read(self, record).await,
-            Kind::Run | Kind::Tag => Err(runs_unavailable()),
+            // A run resource is its runs, which `run_read` reads.
+            Kind::Run => Ok(Some(Observed {
+                backend_id: record.backend_id.clone(),
+                status: record.status.clone(),
+                ..Observed::default()
+            })),
+            Kind::Tag => Err(not_an_object()),
         }
     }
 
@@ -333,7 +364,8 @@ impl Backend for AwsBackend {
         match &request.spec {
             Spec::Volume(volume) => volumes::create(self, request, volume).await,
             Spec::Fleet(fleet) => fleets::create(self, request, fleet).await,
-            Spec::Run(_) | Spec::Tag(_) => Err(runs_unavailable()),
+            Spec::Run(run) => runs::submit(self, request, run).await,
+            Spec::Tag(_) => Err(not_an_object()),
         }
     }
 
@@ -345,7 +377,11 @@ impl Backend for AwsBackend {
         match &request.spec {
             Spec::Volume(volume) => volumes::update(self, request, volume, record).await,
             Spec::Fleet(fleet) => fleets::update(self, request, fleet, record).await,
-            Spec::Run(_) | Spec::Tag(_) => Err(runs_unavailable()),
+            Spec::Run(_) => Err(BackendError::new(
+                ErrorKind::Internal,
+                "a run is submitted anew, never updated",
+            )),
+            Spec::Tag(_) => Err(not_an_object()),
         }
     }
 
@@ -353,7 +389,9 @@ impl Backend for AwsBackend {
         match record.kind {
             Kind::Volume => volumes::delete(self, record).await,
             Kind::Fleet => fleets::delete(self, record).await,
-            Kind::Run | Kind::Tag => Err(runs_unavailable()),
+            // Runs end and are removed through `run_stop` and `run_remove`.
+            Kind::Run => Ok(()),
+            Kind::Tag => Err(not_an_object()),
         }
     }
 
@@ -364,6 +402,9 @@ impl Backend for AwsBackend {
             .collect();
         tags.insert("owner".into(), "dstack".into());
         let kind = labels.get("dstack.kind").map(String::as_str);
+        if kind == Some("run") {
+            return runs::find(self, labels).await;
+        }
         let mut found = Vec::new();
         for region in self.regions().await {
             if kind.is_none_or(|k| k == "volume") {
@@ -376,16 +417,20 @@ impl Backend for AwsBackend {
         Ok(found)
     }
 
-    async fn run_read(&self, _run: &RunRecord) -> Result<Option<RunObserved>, BackendError> {
-        Err(runs_unavailable())
+    async fn run_read(&self, run: &RunRecord) -> Result<Option<RunObserved>, BackendError> {
+        runs::read(self, run).await
     }
 
-    async fn run_stop(&self, _run: &RunRecord, _abort: bool) -> Result<(), BackendError> {
-        Err(runs_unavailable())
+    async fn run_stop(&self, run: &RunRecord, abort: bool) -> Result<(), BackendError> {
+        runs::stop(self, run, abort).await
     }
 
-    async fn run_remove(&self, _run: &RunRecord) -> Result<(), BackendError> {
-        Err(runs_unavailable())
+    async fn run_remove(&self, run: &RunRecord) -> Result<(), BackendError> {
+        runs::remove(self, run).await
+    }
+
+    async fn run_logs(&self, run: &RunRecord, offset: u64) -> Result<(Vec<u8>, u64), BackendError> {
+        runs::logs(self, run, offset).await
     }
 }
 
