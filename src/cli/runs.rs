@@ -175,7 +175,7 @@ pub fn ps(
                     run.name.clone(),
                     backend_text(run),
                     gpu_text(run),
-                    "$0".into(),
+                    price_text(run),
                     status_text(run),
                     ago(run.submitted_at),
                 ];
@@ -188,6 +188,14 @@ pub fn ps(
         printer.data(&table(&headers, rows));
         Ok(ExitStatus::Success)
     })?
+}
+
+/// The price per hour a backend recorded for the run's machine (`$0` on this machine).
+fn price_text(run: &RunRecord) -> String {
+    match run.job.get("price").and_then(serde_json::Value::as_f64) {
+        Some(price) if price > 0.0 => format!("${}", (price * 10_000.0).round() / 10_000.0),
+        _ => "$0".into(),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -428,4 +436,23 @@ pub fn runner(args: &RunnerArgs) -> miette::Result<ExitStatus> {
             ))
         }
     })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn price_shows_what_the_backend_recorded() {
+        let mut run: RunRecord = serde_json::from_value(serde_json::json!({
+            "name": "train-1", "resource": "train", "number": 1, "type": "task",
+            "status": "running", "backend": "aws", "input_digest": "", "spec": null,
+            "submitted_at": "2026-01-01T00:00:00Z"
+        }))
+        .expect("record");
+        assert_eq!(price_text(&run), "$0");
+        run.job
+            .insert("price".into(), serde_json::json!(0.041_600_01));
+        assert_eq!(price_text(&run), "$0.0416");
+    }
 }

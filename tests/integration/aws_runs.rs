@@ -195,7 +195,14 @@ fn an_aws_task_runs_on_its_instance_and_reports_through_s3() {
     assert_eq!(run["job"]["instance_type"], "t3.large");
     assert_eq!(run["job"]["region"], "us-east-1");
     assert!(run["job"]["availability_zone"].as_str().is_some(), "{run}");
-    assert!(run["job"]["price"].as_f64().is_some(), "{run}");
+    let price = run["job"]["price"].as_f64().expect("a recorded price");
+    let table = context.run(&["ps", "-a"]);
+    ok(&table);
+    assert!(
+        table.stdout.contains(&format!("${price}")),
+        "ps shows the instance's price:\n{}",
+        table.report()
+    );
     let id = instance_id(&run);
 
     let (described, script) = block_on(async { (instance(&id).await, user_data(&id).await) });
