@@ -370,7 +370,10 @@ pub fn save_job_artifacts(spec: &JobSpec) -> Result<Option<Manifest>, String> {
     let mut files = Vec::new();
     for artifact in &spec.artifacts {
         files.extend(
-            store.put_directory(&artifact.path, &artifact_directory(spec, &artifact.path))?,
+            store.put_directory_parallel(
+                &artifact.path,
+                &artifact_directory(spec, &artifact.path),
+            )?,
         );
     }
     let manifest = Manifest {

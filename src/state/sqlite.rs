@@ -100,9 +100,9 @@ impl SqliteStore {
         connection
             .busy_timeout(std::time::Duration::from_secs(30))
             .map_err(|e| self.sql_error(&e))?;
-        let mut version: i64 = connection
-            .query_row("PRAGMA user_version", [], |row| row.get(0))
-            .map_err(|e| self.sql_error(&e))?;
+        let mut version: i64 =
+            retry_busy(|| connection.query_row("PRAGMA user_version", [], |row| row.get(0)))
+                .map_err(|e| self.sql_error(&e))?;
         let known = MIGRATIONS.len() as i64;
         if version > known {
             return Err(StateError::TooNew {
@@ -113,14 +113,16 @@ impl SqliteStore {
         }
         if version == 0 {
             // A fresh file is empty; anything else without our version is not ours.
-            let tables: i64 = connection
-                .query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
-                .map_err(|e| self.sql_error(&e))?;
+            let tables: i64 = retry_busy(|| {
+                connection.query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
+            })
+            .map_err(|e| self.sql_error(&e))?;
             if tables > 0 {
                 // Another process may have created the schema between the two reads.
-                version = connection
-                    .query_row("PRAGMA user_version", [], |row| row.get(0))
-                    .map_err(|e| self.sql_error(&e))?;
+                version = retry_busy(|| {
+                    connection.query_row("PRAGMA user_version", [], |row| row.get(0))
+                })
+                .map_err(|e| self.sql_error(&e))?;
                 if version == 0 {
                     return Err(
                         self.corrupt("it is a SQLite database, but not one written by dstack")
@@ -128,9 +130,7 @@ impl SqliteStore {
                 }
             }
         }
-        connection
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| self.sql_error(&e))?;
+        self.enable_wal(&connection)?;
         connection
             .pragma_update(None, "synchronous", "FULL")
             .map_err(|e| self.sql_error(&e))?;
@@ -140,6 +140,35 @@ impl SqliteStore {
         Ok(Some(connection))
     }
 
+    /// Switch to WAL (kept by the file once set). Entering WAL needs an exclusive lock, and
+    /// SQLite answers `SQLITE_BUSY` at once, without its busy handler, while another
+    /// connection is in the middle of the same switch: several processes opening a fresh state
+    /// at the same moment must wait their turn rather than fail.
+    fn enable_wal(&self, connection: &Connection) -> Result<(), StateError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let mode: String =
+                match connection.query_row("PRAGMA journal_mode", [], |row| row.get(0)) {
+                    Ok(mode) => mode,
+                    Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        continue;
+                    }
+                    Err(e) => return Err(self.sql_error(&e)),
+                };
+            if mode.eq_ignore_ascii_case("wal") {
+                return Ok(());
+            }
+            match connection.pragma_update(None, "journal_mode", "WAL") {
+                Ok(()) => return Ok(()),
+                Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(self.sql_error(&e)),
+            }
+        }
+    }
+
     fn migrate(&self, connection: &Connection, from: i64) -> Result<(), StateError> {
         for (index, (name, sql)) in MIGRATIONS.iter().enumerate().skip(from as usize) {
             let next = index as i64 + 1;
@@ -147,9 +176,10 @@ impl SqliteStore {
             if let Err(e) = connection.execute_batch(&script) {
                 let _ = connection.execute_batch("ROLLBACK");
                 // Another process may have migrated meanwhile.
-                let now: i64 = connection
-                    .query_row("PRAGMA user_version", [], |row| row.get(0))
-                    .unwrap_or(0);
+                let now: i64 = retry_busy(|| {
+                    connection.query_row("PRAGMA user_version", [], |row| row.get(0))
+                })
+                .unwrap_or(0);
                 if now >= next {
                     continue;
                 }
@@ -306,9 +336,8 @@ impl SqliteStore {
         let Some(mut connection) = self.open(true)? else {
             return Err(self.corrupt("it could not be created"));
         };
-        let transaction = connection
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.sql_error(&e))?;
+        let transaction =
+            retry_busy_transaction(&mut connection).map_err(|e| self.sql_error(&e))?;
         let (current_lineage, current_serial) = self.read_meta(&transaction)?;
         let current = Snapshot {
             lineage: current_lineage.clone(),
@@ -337,9 +366,8 @@ impl SqliteStore {
         let Some(mut connection) = self.open(true)? else {
             return Err(self.corrupt("it could not be created"));
         };
-        let transaction = connection
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.sql_error(&e))?;
+        let transaction =
+            retry_busy_transaction(&mut connection).map_err(|e| self.sql_error(&e))?;
         if let Some(holder) = self.read_lock(&transaction)? {
             if holder.id != info.id {
                 return Err(StateError::Locked {
@@ -374,9 +402,8 @@ impl SqliteStore {
                 state: "not locked".into(),
             });
         };
-        let transaction = connection
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.sql_error(&e))?;
+        let transaction =
+            retry_busy_transaction(&mut connection).map_err(|e| self.sql_error(&e))?;
         match self.read_lock(&transaction)? {
             Some(holder) if holder.id == id => {
                 transaction
@@ -399,9 +426,8 @@ impl SqliteStore {
         let Some(mut connection) = self.open(true)? else {
             return Err(self.corrupt("it could not be created"));
         };
-        let transaction = connection
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.sql_error(&e))?;
+        let transaction =
+            retry_busy_transaction(&mut connection).map_err(|e| self.sql_error(&e))?;
         for table in ["resources", "intents", "runs", "tags", "manifests"] {
             transaction
                 .execute(&format!("DELETE FROM {table}"), [])
@@ -560,4 +586,34 @@ impl StateStore for SqliteStore {
         let snapshot = snapshot.clone();
         blocking(move || store.replace_sync(&snapshot)).await
     }
+}
+
+/// `SQLITE_BUSY` or `SQLITE_LOCKED`: another connection is in the way for now.
+fn is_busy(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Run `op` again while SQLite answers busy without waiting (it skips its busy handler in a few
+/// cases, such as while another connection sets up WAL), for up to 30 s.
+fn retry_busy<T>(mut op: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match op() {
+            Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// `BEGIN IMMEDIATE`, again while busy (see [`retry_busy`]).
+fn retry_busy_transaction(
+    connection: &mut Connection,
+) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    let connection: &Connection = connection;
+    retry_busy(|| rusqlite::Transaction::new_unchecked(connection, TransactionBehavior::Immediate))
 }
