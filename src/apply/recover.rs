@@ -140,13 +140,7 @@ async fn settle_runs(
         .values()
         .filter(|r| r.resource.as_deref() == Some(resource))
     {
-        let backend = backends
-            .get(&run.backend)
-            .map_err(|e| ApplyError::backend(&run.name, e))?;
-        let observed = crate::backend::retry(|| backend.run_read(run), &crate::backend::quietly)
-            .await
-            .map_err(|e| ApplyError::backend(&run.name, e))?;
-        if observed.is_some() {
+        if super::refresh::read_run(backends, run).await?.is_some() {
             survivors += 1;
         } else {
             changes.extend(crate::artifacts::refs::forget_run(snapshot, &run.name));

@@ -65,15 +65,10 @@ pub async fn refresh(
         .values()
         .filter(|r| !r.status.is_finished())
         .collect();
-    let reads = stream::iter(runs.into_iter().map(|run| async move {
-        let backend = backends
-            .get(&run.backend)
-            .map_err(|e| ApplyError::backend(&run.name, e))?;
-        let observed = crate::backend::retry(|| backend.run_read(run), &crate::backend::quietly)
-            .await
-            .map_err(|e| ApplyError::backend(&run.name, e))?;
-        Ok::<_, ApplyError>((run, observed))
-    }))
+    let reads = stream::iter(
+        runs.into_iter()
+            .map(|run| async move { Ok::<_, ApplyError>((run, read_run(backends, run).await?)) }),
+    )
     .buffer_unordered(parallelism.max(1))
     .collect::<Vec<_>>()
     .await;
@@ -148,4 +143,17 @@ pub fn with_resource_status(snapshot: &Snapshot, changes: Vec<Change>) -> Vec<Ch
         all.push(change);
     }
     all
+}
+
+/// Read a run from its backend, retrying transient errors.
+pub(crate) async fn read_run(
+    backends: &Backends,
+    run: &crate::state::RunRecord,
+) -> Result<Option<crate::backend::RunObserved>, ApplyError> {
+    let backend = backends
+        .get(&run.backend)
+        .map_err(|e| ApplyError::backend(&run.name, e))?;
+    crate::backend::retry(|| backend.run_read(run), &crate::backend::quietly)
+        .await
+        .map_err(|e| ApplyError::backend(&run.name, e))
 }

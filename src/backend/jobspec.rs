@@ -5,12 +5,14 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::Request;
+use super::{BackendError, ErrorKind, Request};
 use crate::model::profile::{PythonVersion, RetryEvent};
 use crate::model::run::{RunFields, RunSpec};
 use crate::runner::job::{
     JobArtifact, JobMount, JobPort, JobSpec, Limits, Readiness, RetryPolicy, Runtime,
 };
+use crate::runner::remote::{JobError, JobRef};
+use crate::state::RunRecord;
 
 /// What the backend decided about where and how the job runs.
 pub struct Placement {
@@ -25,6 +27,72 @@ pub struct Placement {
     pub cache: Vec<crate::runner::cache::JobCache>,
 }
 
+/// A job store error as a backend error: transient S3 trouble is retried by the executor.
+pub fn job_error(error: &JobError) -> BackendError {
+    let hint = match error {
+        JobError::S3 { hint, .. } => hint.clone(),
+        _ => None,
+    };
+    let mut out = BackendError::new(
+        if error.is_transient() {
+            ErrorKind::Transient
+        } else {
+            ErrorKind::Internal
+        },
+        error.to_string(),
+    );
+    out.hint = hint;
+    out
+}
+
+/// The S3 job of a run submitted through a remote job store (its lineage is recorded).
+pub fn job_of(run: &RunRecord) -> Result<JobRef, BackendError> {
+    let lineage = run
+        .job
+        .get("lineage")
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| {
+            BackendError::new(
+                ErrorKind::Internal,
+                format!("{} has no recorded job lineage", run.name),
+            )
+        })?;
+    Ok(JobRef {
+        lineage: lineage.to_string(),
+        run: run.name.clone(),
+    })
+}
+
+/// Place the dependencies' artifacts at their paths in the working directory, inside the copy
+/// of the project at `code_dir` (which stands for `/workflow`).
+pub fn place_deps(
+    artifact_store: &std::path::Path,
+    deps: &[crate::state::Manifest],
+    code_dir: &std::path::Path,
+    working_dir: &str,
+) -> Result<(), BackendError> {
+    let inside = working_dir
+        .strip_prefix("/workflow")
+        .unwrap_or_default()
+        .trim_start_matches('/');
+    let store = crate::artifacts::Store::new(artifact_store.to_path_buf());
+    for manifest in deps {
+        store
+            .materialize(manifest, &code_dir.join(inside))
+            .map_err(|e| {
+                BackendError::new(
+                    ErrorKind::Invalid,
+                    format!("cannot place the artifacts of {}: {e}", manifest.run),
+                )
+                .with_hint(format!(
+                    "`dstack pull {}` fetches pushed artifacts into this machine's store",
+                    manifest.run
+                ))
+            })?;
+    }
+    Ok(())
+}
+
 /// The project snapshot a remote job's `/workflow` gets, with the dependencies' artifacts in
 /// place, packed as a tar file in a temporary directory (kept alive by the returned guard).
 pub fn pack_code(
@@ -34,7 +102,6 @@ pub fn pack_code(
     spec: &RunSpec,
     working_dir: &str,
 ) -> Result<(tempfile::TempDir, PathBuf), super::BackendError> {
-    use super::{BackendError, ErrorKind};
     // The snapshot /workflow gets, with the dependencies' artifacts in place.
     let temp = tempfile::tempdir().map_err(|e| {
         BackendError::new(
@@ -54,25 +121,7 @@ pub fn pack_code(
     crate::runner::code::snapshot(project_dir, &code, &excluded).map_err(|e| {
         BackendError::new(ErrorKind::Internal, format!("cannot copy the project: {e}"))
     })?;
-    let inside = working_dir
-        .strip_prefix("/workflow")
-        .unwrap_or_default()
-        .trim_start_matches('/');
-    let store = crate::artifacts::Store::new(artifact_store.to_path_buf());
-    for manifest in &request.deps {
-        store
-            .materialize(manifest, &code.join(inside))
-            .map_err(|e| {
-                BackendError::new(
-                    ErrorKind::Invalid,
-                    format!("cannot place the artifacts of {}: {e}", manifest.run),
-                )
-                .with_hint(format!(
-                    "`dstack pull {}` fetches pushed artifacts into this machine's store",
-                    manifest.run
-                ))
-            })?;
-    }
+    place_deps(artifact_store, &request.deps, &code, working_dir)?;
     let tar = temp.path().join("code.tar");
     crate::runner::remote::pack(&code, &tar).map_err(|e| {
         BackendError::new(ErrorKind::Internal, format!("cannot pack the project: {e}"))

@@ -301,40 +301,37 @@ pub fn for_project(
             env,
         )));
     }
-    if let Some(stores) = project
+    // The remote artifact store, when configured: the pool's queue and aws runs' job stores.
+    let remote = project
         .config
         .artifacts
         .as_ref()
         .map(super::config::project::ArtifactsSetting::stores)
-        && let Some(url) = stores.remote.clone()
-    {
+        .and_then(|stores| {
+            let url = stores.remote.clone()?;
+            Some((
+                url,
+                crate::aws::Connection {
+                    region: stores.region,
+                    profile: stores.profile,
+                    endpoint_url: stores.endpoint_url,
+                },
+            ))
+        });
+    if let Some((url, connection)) = &remote {
         backends.insert(Arc::new(pool::PoolBackend::new(
-            url,
-            crate::aws::Connection {
-                region: stores.region.clone(),
-                profile: stores.profile.clone(),
-                endpoint_url: stores.endpoint_url.clone(),
-            },
+            url.clone(),
+            connection.clone(),
             project.root.clone(),
             artifact_root(project, env),
         )));
     }
     if let Some(settings) = aws::AwsSettings::from_config(&project.config) {
         let mut backend = aws::AwsBackend::new(settings);
-        if let Some(stores) = project
-            .config
-            .artifacts
-            .as_ref()
-            .map(super::config::project::ArtifactsSetting::stores)
-            && let Some(url) = stores.remote.clone()
-        {
+        if let Some((url, connection)) = remote {
             backend = backend.with_runs(aws::RunSettings {
                 store_url: url,
-                connection: crate::aws::Connection {
-                    region: stores.region.clone(),
-                    profile: stores.profile.clone(),
-                    endpoint_url: stores.endpoint_url.clone(),
-                },
+                connection,
                 project_dir: project.root.clone(),
                 artifact_store: artifact_root(project, env),
                 runner_binary: env("DSTACK_RUNNER_BINARY").map(PathBuf::from),

@@ -16,12 +16,13 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::Value as Json;
 
+use super::jobspec::{job_error, job_of};
 use super::{Backend, BackendError, Capabilities, ErrorKind, Observed, Request, RunObserved};
 use crate::aws::Connection;
 use crate::model::Spec;
 use crate::model::mounts::MountPoint;
 use crate::runner::job::{Control, JobMount, JobPort, MountSource, Runtime};
-use crate::runner::remote::{JobError, JobRef, RemoteJobs};
+use crate::runner::remote::{JobRef, RemoteJobs};
 use crate::state::{ResourceRecord, RunRecord, RunStatus};
 
 /// How long a runner may stay silent before its run counts as lost.
@@ -34,24 +35,6 @@ pub struct PoolBackend {
     jobs: tokio::sync::OnceCell<RemoteJobs>,
     project_dir: PathBuf,
     artifact_store: PathBuf,
-}
-
-fn job_error(error: &JobError) -> BackendError {
-    let transient = error.is_transient();
-    let hint = match &error {
-        JobError::S3 { hint, .. } => hint.clone(),
-        _ => None,
-    };
-    let mut out = BackendError::new(
-        if transient {
-            ErrorKind::Transient
-        } else {
-            ErrorKind::Internal
-        },
-        error.to_string(),
-    );
-    out.hint = hint;
-    out
 }
 
 impl PoolBackend {
@@ -78,23 +61,6 @@ impl PoolBackend {
                     .map_err(|e| job_error(&e))
             })
             .await
-    }
-
-    fn job_of(run: &RunRecord) -> Result<JobRef, BackendError> {
-        let lineage = run
-            .job
-            .get("lineage")
-            .and_then(Json::as_str)
-            .ok_or_else(|| {
-                BackendError::new(
-                    ErrorKind::Internal,
-                    format!("{} has no recorded job lineage", run.name),
-                )
-            })?;
-        Ok(JobRef {
-            lineage: lineage.to_string(),
-            run: run.name.clone(),
-        })
     }
 
     async fn submit(&self, request: &Request) -> Result<Observed, BackendError> {
@@ -260,7 +226,7 @@ impl Backend for PoolBackend {
     }
 
     async fn run_read(&self, run: &RunRecord) -> Result<Option<RunObserved>, BackendError> {
-        let job = Self::job_of(run)?;
+        let job = job_of(run)?;
         let jobs = self.jobs().await?;
         let Some(status) = jobs.status(&job).await.map_err(|e| job_error(&e))? else {
             return Ok(jobs
@@ -304,7 +270,7 @@ impl Backend for PoolBackend {
     }
 
     async fn run_stop(&self, run: &RunRecord, abort: bool) -> Result<(), BackendError> {
-        let job = Self::job_of(run)?;
+        let job = job_of(run)?;
         let control = if abort { Control::Abort } else { Control::Stop };
         let jobs = self.jobs().await?;
         if jobs
@@ -318,7 +284,7 @@ impl Backend for PoolBackend {
     }
 
     async fn run_remove(&self, run: &RunRecord) -> Result<(), BackendError> {
-        let job = Self::job_of(run)?;
+        let job = job_of(run)?;
         self.jobs()
             .await?
             .remove(&job)
@@ -327,7 +293,7 @@ impl Backend for PoolBackend {
     }
 
     async fn run_logs(&self, run: &RunRecord, offset: u64) -> Result<(Vec<u8>, u64), BackendError> {
-        let job = Self::job_of(run)?;
+        let job = job_of(run)?;
         self.jobs()
             .await?
             .logs(&job, offset)

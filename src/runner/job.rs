@@ -182,6 +182,26 @@ pub struct JobStatus {
     pub updated_at: DateTime<Utc>,
 }
 
+impl JobStatus {
+    /// A job that ended now without running anything (it could not start, or was stopped
+    /// before a runner took it).
+    pub fn ended_now(status: RunStatus, message: &str, runner_pid: u32) -> Self {
+        let now = Utc::now();
+        Self {
+            status,
+            exit_code: None,
+            message: Some(message.to_string()),
+            runner_pid,
+            containers: Vec::new(),
+            ports: Vec::new(),
+            attempt: 0,
+            started_at: now,
+            finished_at: Some(now),
+            updated_at: now,
+        }
+    }
+}
+
 /// A request from the CLI to the runner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -190,6 +210,16 @@ pub enum Control {
     Stop,
     /// Kill at once; nothing is saved.
     Abort,
+}
+
+impl Control {
+    /// The status of a run that this request ended.
+    pub fn ended_status(self) -> RunStatus {
+        match self {
+            Self::Stop => RunStatus::Stopped,
+            Self::Abort => RunStatus::Aborted,
+        }
+    }
 }
 
 /// The job store of one run.

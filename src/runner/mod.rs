@@ -92,19 +92,11 @@ pub async fn run(store: JobStore) {
     let spec = match store.read_spec() {
         Ok(spec) => spec,
         Err(message) => {
-            let now = Utc::now();
-            let _ = store.write_status(&JobStatus {
-                status: RunStatus::Failed,
-                exit_code: None,
-                message: Some(message),
-                runner_pid: std::process::id(),
-                containers: Vec::new(),
-                ports: Vec::new(),
-                attempt: 0,
-                started_at: now,
-                finished_at: Some(now),
-                updated_at: now,
-            });
+            let _ = store.write_status(&JobStatus::ended_now(
+                RunStatus::Failed,
+                &message,
+                std::process::id(),
+            ));
             return;
         }
     };

@@ -378,22 +378,11 @@ impl RemoteJobs {
     /// Record the end of a job whose runner has not reported yet (stopped before it started).
     /// Returns false, writing nothing, when the runner has reported.
     pub async fn end_unstarted(&self, job: &JobRef, control: Control) -> Result<bool, JobError> {
-        let now = chrono::Utc::now();
-        let status = JobStatus {
-            status: match control {
-                Control::Stop => crate::state::RunStatus::Stopped,
-                Control::Abort => crate::state::RunStatus::Aborted,
-            },
-            exit_code: None,
-            message: Some("stopped before its runner started".into()),
-            runner_pid: 0,
-            containers: Vec::new(),
-            ports: Vec::new(),
-            attempt: 0,
-            started_at: now,
-            finished_at: Some(now),
-            updated_at: now,
-        };
+        let status = JobStatus::ended_now(
+            control.ended_status(),
+            "stopped before its runner started",
+            0,
+        );
         self.put(
             &self.job_key(job, "status.json")?,
             serde_json::to_vec_pretty(&status).unwrap_or_default(),
@@ -496,22 +485,8 @@ impl RemoteJobs {
         if !self.put(&claim, b"cancelled".to_vec(), true).await? {
             return Ok(false);
         }
-        let now = chrono::Utc::now();
-        let status = JobStatus {
-            status: match control {
-                Control::Stop => crate::state::RunStatus::Stopped,
-                Control::Abort => crate::state::RunStatus::Aborted,
-            },
-            exit_code: None,
-            message: Some("stopped before a runner took it".into()),
-            runner_pid: 0,
-            containers: Vec::new(),
-            ports: Vec::new(),
-            attempt: 0,
-            started_at: now,
-            finished_at: Some(now),
-            updated_at: now,
-        };
+        let status =
+            JobStatus::ended_now(control.ended_status(), "stopped before a runner took it", 0);
         self.put(
             &self.job_key(job, "status.json")?,
             serde_json::to_vec_pretty(&status).unwrap_or_default(),
@@ -745,23 +720,11 @@ pub async fn run_job(
         .and_then(|b| serde_json::from_slice::<Control>(&b).ok());
     let runner = async {
         if let Some(control) = early {
-            let now = chrono::Utc::now();
-            let status = match control {
-                Control::Stop => crate::state::RunStatus::Stopped,
-                Control::Abort => crate::state::RunStatus::Aborted,
-            };
-            let _ = store.write_status(&JobStatus {
-                status,
-                exit_code: None,
-                message: Some("stopped before it started".into()),
-                runner_pid: std::process::id(),
-                containers: Vec::new(),
-                ports: Vec::new(),
-                attempt: 0,
-                started_at: now,
-                finished_at: Some(now),
-                updated_at: now,
-            });
+            let _ = store.write_status(&JobStatus::ended_now(
+                control.ended_status(),
+                "stopped before it started",
+                std::process::id(),
+            ));
             return;
         }
         if let Err(error) = mount_devices(&spec, &store).await {
@@ -829,20 +792,12 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
 
 /// End a job that could not start: log why and report it failed.
 fn fail(store: &JobStore, error: &str) {
-    let now = chrono::Utc::now();
     let _ = store.append_log(format!("[dstack] {error}\n").as_bytes());
-    let _ = store.write_status(&JobStatus {
-        status: crate::state::RunStatus::Failed,
-        exit_code: None,
-        message: Some(error.to_string()),
-        runner_pid: std::process::id(),
-        containers: Vec::new(),
-        ports: Vec::new(),
-        attempt: 0,
-        started_at: now,
-        finished_at: Some(now),
-        updated_at: now,
-    });
+    let _ = store.write_status(&JobStatus::ended_now(
+        crate::state::RunStatus::Failed,
+        error,
+        std::process::id(),
+    ));
 }
 
 /// How long the runner waits for an attached volume to show up.

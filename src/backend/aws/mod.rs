@@ -147,6 +147,8 @@ pub struct AwsBackend {
     timing: Timing,
     runs: Option<RunSettings>,
     jobs: tokio::sync::OnceCell<crate::runner::remote::RemoteJobs>,
+    /// Presigned URLs of the runner binary by architecture, uploaded once per process.
+    binaries: tokio::sync::OnceCell<BTreeMap<String, String>>,
 }
 
 /// The error of tag methods, which are no backend objects.
@@ -200,6 +202,7 @@ impl AwsBackend {
             timing: Timing::default(),
             runs: None,
             jobs: tokio::sync::OnceCell::new(),
+            binaries: tokio::sync::OnceCell::new(),
         }
     }
 

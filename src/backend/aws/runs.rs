@@ -24,12 +24,13 @@ use super::ec2::{InstanceInfo, Query};
 use super::errors::to_backend;
 use super::fleets::{Launcher, Purpose, wait_running};
 use super::{AwsBackend, RunSettings, aws};
+use crate::backend::jobspec::{job_error, job_of};
 use crate::backend::{BackendError, ErrorKind, Observed, Request, RunObserved};
 use crate::model::fleet::FleetSpec;
 use crate::model::mounts::MountPoint;
 use crate::model::run::RunSpec;
 use crate::runner::job::{Control, JobMount, JobPort, MountSource, Runtime};
-use crate::runner::remote::{JobError, JobRef, RemoteJobs};
+use crate::runner::remote::{JobRef, RemoteJobs};
 use crate::state::{ResourceRecord, RunRecord, RunStatus};
 
 /// How long the presigned URL of the runner binary stays valid (the instance boots in minutes).
@@ -40,23 +41,6 @@ const LOST_AFTER: Duration = Duration::from_mins(2);
 const VOLUME_ROOT: &str = "/mnt/dstack/volumes";
 /// Where the runner binary and its work directory live on the instance.
 const INSTANCE_HOME: &str = "/opt/dstack";
-
-pub(super) fn job_error(error: &JobError) -> BackendError {
-    let hint = match error {
-        JobError::S3 { hint, .. } => hint.clone(),
-        _ => None,
-    };
-    let mut out = BackendError::new(
-        if error.is_transient() {
-            ErrorKind::Transient
-        } else {
-            ErrorKind::Internal
-        },
-        error.to_string(),
-    );
-    out.hint = hint;
-    out
-}
 
 fn no_store() -> BackendError {
     BackendError::new(
@@ -81,23 +65,6 @@ impl AwsBackend {
             })
             .await
     }
-}
-
-fn job_of(run: &RunRecord) -> Result<JobRef, BackendError> {
-    let lineage = run
-        .job
-        .get("lineage")
-        .and_then(Json::as_str)
-        .ok_or_else(|| {
-            BackendError::new(
-                ErrorKind::Internal,
-                format!("{} has no recorded job lineage", run.name),
-            )
-        })?;
-    Ok(JobRef {
-        lineage: lineage.to_string(),
-        run: run.name.clone(),
-    })
 }
 
 fn text(run: &RunRecord, key: &str) -> Option<String> {
@@ -420,10 +387,14 @@ pub(super) async fn submit(
             .map_err(|e| job_error(&e))?;
     }
     let job_url = jobs.job_url(&job_ref);
-    let urls = binaries(jobs, settings).await?;
+    // Hashing and checking the binary once serves every run this process submits.
+    let urls = backend
+        .binaries
+        .get_or_try_init(|| binaries(jobs, settings))
+        .await?;
     let store_region = jobs.region().unwrap_or_else(|| "us-east-1".to_string());
     let script = user_data(
-        &urls,
+        urls,
         &job_url,
         &store_region,
         settings.connection.endpoint_url.as_deref(),

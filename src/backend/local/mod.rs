@@ -269,24 +269,12 @@ impl LocalBackend {
                 .with_hint("remove `working_dir`, or set it under /workflow"));
         }
         // Dependencies' artifacts, at their paths in the working directory.
-        let inside = working_dir
-            .strip_prefix("/workflow")
-            .unwrap_or_default()
-            .trim_start_matches('/');
-        let deps_dir = store.code_dir().join(inside);
-        let artifacts = crate::artifacts::Store::new(self.artifact_store.clone());
-        for manifest in &request.deps {
-            artifacts.materialize(manifest, &deps_dir).map_err(|e| {
-                BackendError::new(
-                    ErrorKind::Invalid,
-                    format!("cannot place the artifacts of {}: {e}", manifest.run),
-                )
-                .with_hint(format!(
-                    "`dstack pull {}` fetches pushed artifacts into this machine's store",
-                    manifest.run
-                ))
-            })?;
-        }
+        super::jobspec::place_deps(
+            &self.artifact_store,
+            &request.deps,
+            &store.code_dir(),
+            &working_dir,
+        )?;
         let mut mounts = Vec::new();
         for mount in &common.volumes {
             match mount {
