@@ -452,8 +452,16 @@ impl<'a> Executor<'a> {
             request_labels.insert("dstack.intent".into(), intent.to_string());
         }
         let mut volumes = BTreeMap::new();
+        let mut fleets = BTreeMap::new();
         let mut env = BTreeMap::new();
         if let Spec::Run(spec) = &target.resource.spec {
+            for fleet in spec.common.fleets.iter().flatten() {
+                if let Some(record) =
+                    state.resource(&ResourceId::new(Kind::Fleet, fleet.name.clone()))
+                {
+                    fleets.insert(fleet.name.clone(), record.clone());
+                }
+            }
             for mount in &spec.common.volumes {
                 if let MountPoint::Volume { names, .. } = mount {
                     for name in names {
@@ -496,6 +504,7 @@ impl<'a> Executor<'a> {
             lineage,
             run_name: run.map(|r| r.name.clone()),
             volumes,
+            fleets,
             env,
             secrets,
             deps: Vec::new(),

@@ -164,6 +164,8 @@ pub struct Request {
     pub run_name: Option<String>,
     /// For runs: the records of the volumes it mounts, by name.
     pub volumes: BTreeMap<String, ResourceRecord>,
+    /// For runs: the records of the fleets it names (`fleets`), by name.
+    pub fleets: BTreeMap<String, ResourceRecord>,
     /// For runs: resolved environment values (sensitive values included).
     pub env: BTreeMap<String, String>,
     /// Sensitive values, to keep out of logs.

@@ -95,6 +95,7 @@ pub fn edit(config: &mut ProjectConfig, args: &ConfigArgs, project: &str) {
                 subnet_ids: Vec::new(),
                 tags: std::collections::BTreeMap::new(),
                 image: None,
+                gpu_image: None,
                 instance_profile: None,
             });
         }

@@ -373,8 +373,15 @@ pub struct RunnerArgs {
     #[arg(long, value_name = "URL", conflicts_with = "pool")]
     pub job: Option<String>,
     /// Serve a runner pool: claim and run the jobs queued in `s3://BUCKET/PREFIX`.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", conflicts_with = "node")]
     pub pool: Option<String>,
+    /// Be the agent of a fleet node: run the jobs queued for `--instance-id` in
+    /// `s3://BUCKET/PREFIX` (what a fleet node's user-data starts).
+    #[arg(long, value_name = "URL", requires = "instance_id", conflicts_with_all = ["job", "job_dir"])]
+    pub node: Option<String>,
+    /// With `--node`: the EC2 instance id of this machine.
+    #[arg(long, value_name = "ID", requires = "node")]
+    pub instance_id: Option<String>,
     /// Where remote jobs are unpacked and run (default ~/.dstack/runner).
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<std::path::PathBuf>,
@@ -383,7 +390,7 @@ pub struct RunnerArgs {
     pub endpoint_url: Option<String>,
     #[arg(long)]
     pub region: Option<String>,
-    /// With `--pool`: exit after this long without a job (`30s`, `10m`).
+    /// With `--pool` or `--node`: exit after this long without a job (`30s`, `10m`).
     #[arg(long, value_name = "DURATION", value_parser = context::parse_duration)]
     pub idle_exit: Option<Duration>,
 }
@@ -418,8 +425,11 @@ pub fn runner(args: &RunnerArgs) -> miette::Result<ExitStatus> {
             ))
             .await?;
             Ok(ExitStatus::Success)
-        } else if let Some(url) = &args.pool {
-            let jobs = crate::runner::remote::RemoteJobs::open(url, &connection).await?;
+        } else if let Some(url) = args.pool.as_ref().or(args.node.as_ref()) {
+            let mut jobs = crate::runner::remote::RemoteJobs::open(url, &connection).await?;
+            if let Some(instance) = &args.instance_id {
+                jobs = jobs.on_node(instance)?;
+            }
             let served = Box::pin(crate::runner::remote::serve_pool(
                 &jobs,
                 &connection,
@@ -432,7 +442,7 @@ pub fn runner(args: &RunnerArgs) -> miette::Result<ExitStatus> {
         } else {
             Err(miette::miette!(
                 help = "`dstack runner --pool s3://BUCKET/PREFIX` serves a runner pool",
-                "the runner needs --job-dir, --job or --pool"
+                "the runner needs --job-dir, --job, --pool or --node"
             ))
         }
     })?

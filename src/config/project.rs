@@ -105,6 +105,8 @@ pub enum LocalRuntime {
 }
 
 /// A backend entry of `.dstack/config.yml`.
+// Read once per command; boxing the aws entry's fields would only make them harder to match.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum BackendSetting {
@@ -133,6 +135,11 @@ pub enum BackendSetting {
         /// The machine image: a name filter (wildcards allowed) and an owner.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         image: Option<ImageFilter>,
+        /// The machine image of instances with NVIDIA GPUs (default: AWS's Deep Learning Base
+        /// GPU image for Ubuntu 22.04, which has the driver and the container toolkit; when a
+        /// region lacks it, `image` is used and the boot script installs them).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gpu_image: Option<ImageFilter>,
         /// The IAM instance profile of the instances (a run's runner reads and writes the
         /// remote artifact store with its role).
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -247,6 +247,9 @@ fn set_kind(change: &mut ResourceChange, kind: ChangeKind) {
     change.actions = kind.actions();
 }
 
+/// The attribute of a fleet listing its nodes idle past `idle_duration`.
+const IDLE_EXPIRED: &str = "idle_expired";
+
 /// Compute the plan.
 pub fn plan(request: &Request<'_>) -> Result<Plan, PlanError> {
     let snapshot = request.snapshot;
@@ -382,12 +385,32 @@ pub fn plan(request: &Request<'_>) -> Result<Plan, PlanError> {
                     }
                 }
             } else if let Some(Observation::Present(attributes)) = observation {
-                // Attributes the backend reports that differ from what was recorded.
+                // Attributes the backend reports that differ from what was recorded. Idle
+                // fleet nodes are not a change made outside dstack: they are due to go.
                 let drifted: Vec<&String> = attributes
                     .iter()
+                    .filter(|(k, _)| *k != IDLE_EXPIRED)
                     .filter(|(k, v)| record.attributes.get(*k).is_some_and(|r| r != *v))
                     .map(|(k, _)| k)
                     .collect();
+                let idle: Vec<&str> = attributes
+                    .get(IDLE_EXPIRED)
+                    .and_then(Json::as_array)
+                    .map(|a| a.iter().filter_map(Json::as_str).collect())
+                    .unwrap_or_default();
+                if !idle.is_empty() {
+                    set_kind(&mut change, ChangeKind::Update);
+                    change.reason = Some(Reason::UpdateBecauseIdle);
+                    change.detail = Some(format!(
+                        "{} idle longer than its idle_duration: {} (terminated by apply)",
+                        if idle.len() == 1 {
+                            "1 node is".to_string()
+                        } else {
+                            format!("{} nodes are", idle.len())
+                        },
+                        idle.join(", ")
+                    ));
+                }
                 if !drifted.is_empty() {
                     drift.push(Drift {
                         address: d.id.to_string(),
@@ -680,6 +703,43 @@ mod tests {
         );
         assert_eq!(plan.drift.len(), 1);
         assert_eq!(plan.drift[0].kind, DriftKind::Deleted);
+    }
+
+    #[test]
+    fn idle_fleet_nodes_plan_an_update_that_is_not_drift() {
+        let fleet = desired(
+            "fleet/workers",
+            json!({"type": "fleet", "backends": ["aws"], "nodes": {"min": 0, "target": 2}}),
+        );
+        let mut snapshot = Snapshot::empty();
+        recorded(&mut snapshot, &fleet);
+        let attributes = |idle: Json| {
+            BTreeMap::from([
+                ("nodes".to_string(), json!(2)),
+                ("idle_expired".to_string(), idle),
+            ])
+        };
+        // Recorded before fleets recorded idle nodes: still seen.
+        let observed = BTreeMap::from([(
+            fleet.id.clone(),
+            Observation::Present(attributes(json!(["i-1", "i-2"]))),
+        )]);
+        let plan = run_plan(std::slice::from_ref(&fleet), &snapshot, &observed).expect("plan");
+        assert_eq!(kinds(&plan), [("fleet/workers".into(), ChangeKind::Update)]);
+        let change = &plan.resource_changes[0];
+        assert_eq!(change.reason, Some(Reason::UpdateBecauseIdle));
+        assert_eq!(
+            change.detail.as_deref(),
+            Some("2 nodes are idle longer than its idle_duration: i-1, i-2 (terminated by apply)")
+        );
+        assert!(plan.drift.is_empty(), "{:?}", plan.drift);
+        // Nothing idle: nothing to do.
+        let observed = BTreeMap::from([(
+            fleet.id.clone(),
+            Observation::Present(attributes(json!([]))),
+        )]);
+        let plan = run_plan(std::slice::from_ref(&fleet), &snapshot, &observed).expect("plan");
+        assert_eq!(kinds(&plan), [("fleet/workers".into(), ChangeKind::NoOp)]);
     }
 
     #[test]

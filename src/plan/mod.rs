@@ -105,6 +105,8 @@ pub enum Reason {
     CreateBecauseDeletedOutside,
     /// The object changed outside dstack.
     UpdateBecauseChangedOutside,
+    /// Fleet nodes have been idle longer than the fleet's `idle_duration`.
+    UpdateBecauseIdle,
     /// The resource's document was removed from its file (or the file was deleted).
     DeleteBecauseNoConfiguration,
     /// `dstack delete`.

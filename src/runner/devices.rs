@@ -181,6 +181,18 @@ pub fn prepare(
     Ok(Prepared { formatted })
 }
 
+/// Unmount what [`prepare`] mounted at `mount_dir`, so the volume can be detached while the
+/// machine lives on (a fleet node). Nothing mounted there is not an error.
+pub fn unmount(mount_dir: &Path) -> Result<(), String> {
+    if !is_mounted_at(mount_dir) {
+        return Ok(());
+    }
+    run(
+        Command::new("umount").arg(mount_dir),
+        &format!("unmounting {}", mount_dir.display()),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

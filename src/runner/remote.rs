@@ -12,7 +12,13 @@
 //! jobs/LINEAGE/RUN/manifest.json  the saved artifacts (their blobs are pushed to the store first)
 //! pool/queue/LINEAGE.RUN          a job waiting for a pool runner
 //! pool/claims/LINEAGE.RUN         the runner that took it: a conditional write, so exactly one
+//! nodes/INSTANCE/queue/LINEAGE.RUN  a job for the agent of one fleet node (same as the pool's)
+//! nodes/INSTANCE/claims/LINEAGE.RUN
+//! nodes/INSTANCE/lease            the run that holds the node (`LINEAGE/RUN`), a conditional write
+//! nodes/INSTANCE/released         when the node's last run let it go (its idle time counts from)
+//! nodes/INSTANCE/heartbeat        when the node's agent last said it was alive
 //! jobs/LINEAGE/RUN/heartbeat      when the runner last said it was alive (every 10 s)
+//! jobs/LINEAGE/RUN/placement.json the fleet node the CLI queued the job to (for recovery)
 //! intents/ID                      the job an apply's intent made (for recovery)
 //! ```
 //!
@@ -93,6 +99,31 @@ impl JobRef {
 pub struct RemoteJobs {
     client: Client,
     url: RemoteUrl,
+    /// Where queued jobs wait: `pool`, or `nodes/INSTANCE` for the agent of one fleet node.
+    queue: String,
+}
+
+/// The queue of one fleet node's agent.
+pub fn node_queue(instance: &str) -> Result<String, JobError> {
+    if instance.is_empty()
+        || instance.len() > 64
+        || !instance
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(JobError::Invalid(
+            instance.to_string(),
+            "an instance id has only letters, digits and dashes".into(),
+        ));
+    }
+    Ok(format!("nodes/{instance}"))
+}
+
+fn parse_time(bytes: &[u8]) -> Option<chrono::DateTime<chrono::Utc>> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
 }
 
 /// Names in keys and local paths: only what a lineage (a UUID) or run name holds.
@@ -106,6 +137,7 @@ impl RemoteJobs {
         Ok(Self {
             client: crate::aws::s3(connection).await,
             url,
+            queue: "pool".into(),
         })
     }
 
@@ -113,6 +145,15 @@ impl RemoteJobs {
         Ok(Self {
             client,
             url: RemoteUrl::parse(url).map_err(|e| JobError::Url(e.to_string()))?,
+            queue: "pool".into(),
+        })
+    }
+
+    /// The same store, queueing to (or serving) the agent of one fleet node.
+    pub fn on_node(&self, instance: &str) -> Result<Self, JobError> {
+        Ok(Self {
+            queue: node_queue(instance)?,
+            ..self.clone()
         })
     }
 
@@ -306,10 +347,27 @@ impl RemoteJobs {
         self.put(&self.job_key(job, "job.json")?, spec, false)
             .await?;
         if queue {
-            let entry = self.key(&format!("pool/queue/{}", job.queue_name()));
+            let entry = self.key(&format!("{}/queue/{}", self.queue, job.queue_name()));
             self.put(&entry, Vec::new(), false).await?;
         }
         Ok(())
+    }
+
+    /// Keep a small document with the job (`placement.json`: where the CLI put it).
+    pub async fn put_extra(
+        &self,
+        job: &JobRef,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), JobError> {
+        self.put(&self.job_key(job, name)?, bytes, false)
+            .await
+            .map(drop)
+    }
+
+    /// A document kept with [`Self::put_extra`].
+    pub async fn get_extra(&self, job: &JobRef, name: &str) -> Result<Option<Vec<u8>>, JobError> {
+        self.get(&self.job_key(job, name)?).await
     }
 
     /// The runner's last report; `None` before it has accepted the job.
@@ -481,7 +539,7 @@ impl RemoteJobs {
         job: &JobRef,
         control: Control,
     ) -> Result<bool, JobError> {
-        let claim = self.key(&format!("pool/claims/{}", job.queue_name()));
+        let claim = self.key(&format!("{}/claims/{}", self.queue, job.queue_name()));
         if !self.put(&claim, b"cancelled".to_vec(), true).await? {
             return Ok(false);
         }
@@ -493,7 +551,7 @@ impl RemoteJobs {
             false,
         )
         .await?;
-        self.delete(&self.key(&format!("pool/queue/{}", job.queue_name())))
+        self.delete(&self.key(&format!("{}/queue/{}", self.queue, job.queue_name())))
             .await?;
         Ok(true)
     }
@@ -546,22 +604,125 @@ impl RemoteJobs {
             self.delete(&key).await?;
         }
         for side in ["queue", "claims"] {
-            self.delete(&self.key(&format!("pool/{side}/{}", job.queue_name())))
+            self.delete(&self.key(&format!("{}/{side}/{}", self.queue, job.queue_name())))
                 .await?;
+        }
+        Ok(())
+    }
+
+    // --- Fleet nodes -------------------------------------------------------------------------
+
+    fn node_key(&self, instance: &str, name: &str) -> Result<String, JobError> {
+        Ok(self.key(&format!("{}/{name}", node_queue(instance)?)))
+    }
+
+    /// The run that holds a node, if one does.
+    pub async fn node_lease(&self, instance: &str) -> Result<Option<JobRef>, JobError> {
+        let Some(bytes) = self.get(&self.node_key(instance, "lease")?).await? else {
+            return Ok(None);
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        Ok(text.trim().split_once('/').and_then(|(lineage, run)| {
+            (safe(lineage) && crate::model::is_valid_run_name(run)).then(|| JobRef {
+                lineage: lineage.to_string(),
+                run: run.to_string(),
+            })
+        }))
+    }
+
+    /// Take a node for a job: a conditional write, so of two runs only one gets it. A lease
+    /// held by a job that has ended or no longer exists is stale and is taken over.
+    pub async fn lease_node(&self, instance: &str, job: &JobRef) -> Result<bool, JobError> {
+        let key = self.node_key(instance, "lease")?;
+        let body = format!("{}/{}", job.lineage, job.run).into_bytes();
+        if self.put(&key, body.clone(), true).await? {
+            return Ok(true);
+        }
+        let holder = self.node_lease(instance).await?;
+        if holder.as_ref() == Some(job) {
+            return Ok(true);
+        }
+        let stale = match &holder {
+            None => true,
+            Some(holder) => {
+                !self.exists(holder).await?
+                    || self
+                        .status(holder)
+                        .await?
+                        .is_some_and(|s| s.status.is_finished())
+            }
+        };
+        if !stale {
+            return Ok(false);
+        }
+        self.delete(&key).await?;
+        self.put(&key, body, true).await
+    }
+
+    /// Let a node go after `job`: drop its lease (if `job` holds it) and note when it became
+    /// idle.
+    pub async fn free_node(&self, instance: &str, job: &JobRef) -> Result<(), JobError> {
+        if self.node_lease(instance).await?.as_ref() != Some(job) {
+            return Ok(());
+        }
+        let now = chrono::Utc::now().to_rfc3339().into_bytes();
+        self.put(&self.node_key(instance, "released")?, now, false)
+            .await?;
+        self.delete(&self.node_key(instance, "lease")?).await
+    }
+
+    /// When a node's last run let it go.
+    pub async fn node_released_at(
+        &self,
+        instance: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, JobError> {
+        Ok(self
+            .get(&self.node_key(instance, "released")?)
+            .await?
+            .and_then(|b| parse_time(&b)))
+    }
+
+    /// When a node's agent last said it was alive.
+    pub async fn node_heartbeat(
+        &self,
+        instance: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, JobError> {
+        Ok(self
+            .get(&self.node_key(instance, "heartbeat")?)
+            .await?
+            .and_then(|b| parse_time(&b)))
+    }
+
+    /// Forget everything of a node (it was terminated).
+    pub async fn forget_node(&self, instance: &str) -> Result<(), JobError> {
+        let prefix = self.key(&format!("{}/", node_queue(instance)?));
+        for key in self.list(&prefix, None).await? {
+            self.delete(&key).await?;
         }
         Ok(())
     }
 
     // --- The runner's side ------------------------------------------------------------------
 
+    /// Say that this queue's agent is alive (the agent of a fleet node; pools have none).
+    async fn beat(&self) -> Result<(), JobError> {
+        if self.queue == "pool" {
+            return Ok(());
+        }
+        let now = chrono::Utc::now().to_rfc3339().into_bytes();
+        self.put(&self.key(&format!("{}/heartbeat", self.queue)), now, false)
+            .await
+            .map(drop)
+    }
+
     /// Take the next queued job nobody has claimed; `None` when there is none.
     pub async fn claim_next(&self, runner: &str) -> Result<Option<JobRef>, JobError> {
-        let queue = self.key("pool/queue/");
+        let queue = self.key(&format!("{}/queue/", self.queue));
         for key in self.list(&queue, None).await? {
             let Some(job) = key.strip_prefix(&queue).and_then(JobRef::from_queue_name) else {
                 continue;
             };
-            let claim = self.key(&format!("pool/claims/{}", job.queue_name()));
+            let claim = self.key(&format!("{}/claims/{}", self.queue, job.queue_name()));
             if self.put(&claim, runner.as_bytes().to_vec(), true).await? {
                 self.delete(&key).await?;
                 return Ok(Some(job));
@@ -745,6 +906,11 @@ pub async fn run_job(
         super::run(store.clone()).await;
     };
     let push = || async {
+        // A fleet node outlives the job: its volumes are let go before the end is reported, so
+        // whoever sees the end can detach them.
+        if let Err(error) = unmount_devices(&spec) {
+            let _ = store.append_log(format!("[dstack] {error}\n").as_bytes());
+        }
         let Some(manifest) = store.read_manifest() else {
             return;
         };
@@ -837,6 +1003,16 @@ async fn mount_devices(spec: &JobSpec, store: &JobStore) -> Result<(), String> {
     Ok(())
 }
 
+/// Unmount the job's block devices after it ran.
+fn unmount_devices(spec: &JobSpec) -> Result<(), String> {
+    for mount in &spec.mounts {
+        if let super::job::MountSource::Device { mount_dir, .. } = &mount.source {
+            super::devices::unmount(mount_dir)?;
+        }
+    }
+    Ok(())
+}
+
 /// Serve a runner pool: claim queued jobs one at a time and run them. With `idle_exit`, return
 /// after that long without a job.
 pub async fn serve_pool(
@@ -852,7 +1028,14 @@ pub async fn serve_pool(
     );
     let mut idle_since = tokio::time::Instant::now();
     let mut served = 0;
+    let mut last_beat: Option<tokio::time::Instant> = None;
     loop {
+        if last_beat.is_none_or(|b| b.elapsed() >= HEARTBEAT) {
+            match jobs.beat().await {
+                Ok(()) => last_beat = Some(tokio::time::Instant::now()),
+                Err(error) => tracing::warn!("{error}"),
+            }
+        }
         match jobs.claim_next(&runner).await {
             Ok(Some(job)) => {
                 tracing::info!("running {} of the pool", job.run);
@@ -861,6 +1044,7 @@ pub async fn serve_pool(
                 }
                 served += 1;
                 idle_since = tokio::time::Instant::now();
+                last_beat = None;
             }
             Ok(None) => {
                 if idle_exit.is_some_and(|d| idle_since.elapsed() >= d) {

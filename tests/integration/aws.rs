@@ -859,6 +859,7 @@ fn request(kind: Kind, name: &str, spec: Spec, lineage: &str) -> Request {
         lineage: lineage.into(),
         run_name: None,
         volumes: BTreeMap::new(),
+        fleets: BTreeMap::new(),
         env: BTreeMap::new(),
         secrets: Vec::new(),
         deps: Vec::new(),

@@ -468,3 +468,379 @@ fn blank_dstack_volumes_are_formatted_and_others_never() {
     );
     assert_eq!(still_blank, Ok(true), "left untouched");
 }
+
+// --- Runs on the nodes of an aws fleet -----------------------------------------------------------
+
+/// The live instances of the fleet recorded as `fleet/NAME`.
+fn fleet_nodes(context: &TestContext, name: &str) -> Vec<sdk::Instance> {
+    let shown = context.run(&["state", "show", &format!("fleet/{name}"), "--json"]);
+    ok(&shown);
+    let record: Json = serde_json::from_str(&shown.stdout).expect("json");
+    let fleet = record["backend_id"].as_str().expect("fleet id").to_string();
+    block_on(async {
+        ec2()
+            .await
+            .describe_instances()
+            .filters(
+                sdk::Filter::builder()
+                    .name("tag:dstack_fleet")
+                    .values(&fleet)
+                    .build(),
+            )
+            .filters(
+                sdk::Filter::builder()
+                    .name("instance-state-name")
+                    .values("pending")
+                    .values("running")
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("describe")
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances().iter().cloned())
+            .collect()
+    })
+}
+
+/// What a fleet node's user-data starts: the agent serving the node's queue, exiting once idle.
+fn start_agent(context: &TestContext, bucket: &str, instance: &str, work: &str) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dstack"));
+    command
+        .args([
+            "runner",
+            "--node",
+            &format!("s3://{bucket}/store"),
+            "--instance-id",
+            instance,
+            "--region",
+            "us-east-1",
+            "--endpoint-url",
+            &moto().endpoint,
+            "--idle-exit",
+            "2s",
+            "--work-dir",
+        ])
+        .arg(context.temp.path().join(work))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &context.home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (key, value) in moto().env() {
+        command.env(key, value);
+    }
+    command.spawn().expect("agent starts")
+}
+
+fn fleet_task(name: &str, fleet: &str, commands: &[&str], extra: &str) -> String {
+    let commands: Vec<String> = commands.iter().map(|c| format!("  - {c}\n")).collect();
+    format!(
+        "type: task\nname: {name}\nimage: {}\nfleets: [{fleet}]\ncommands:\n{}artifacts: [out]\n{extra}",
+        test_image(),
+        commands.concat()
+    )
+}
+
+async fn s3_text(bucket: &str, key: &str) -> Option<String> {
+    let object = moto()
+        .s3()
+        .await
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .ok()?;
+    let bytes = object.body.collect().await.ok()?.into_bytes();
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[test]
+fn runs_on_an_aws_fleet_take_an_idle_node_and_give_it_back() {
+    let (context, bucket) = project();
+    context.write(
+        "fleet.dstack.yml",
+        "type: fleet\nname: workers\nbackends: [aws]\nnodes: 1\ninstance_types: [t3.large]\n",
+    );
+    context.write(
+        "first.dstack.yml",
+        &fleet_task(
+            "first",
+            "workers",
+            &["mkdir -p out", "echo first-on-node | tee out/result.txt"],
+            "",
+        ),
+    );
+    ok(&context.run(&["apply", "-y", "-d"]));
+    let nodes = fleet_nodes(&context, "workers");
+    assert_eq!(nodes.len(), 1);
+    let node = nodes[0].instance_id().expect("id").to_string();
+    assert_eq!(
+        tag(&nodes[0], "dstack_agent").as_deref(),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
+    // The node boots the agent as a service serving its own queue.
+    let script = block_on(user_data(&node));
+    assert!(
+        script.contains(&format!(
+            "dstack runner --node 's3://{bucket}/store' --instance-id $id --region 'us-east-1' --endpoint-url '{}'",
+            moto().endpoint
+        )),
+        "{script}"
+    );
+    assert!(
+        script.contains("systemctl daemon-reload && systemctl enable --now dstack-runner"),
+        "{script}"
+    );
+
+    let run = run_named(&context, "first-1");
+    assert_eq!(run["backend"], "aws");
+    assert_eq!(run["status"], "provisioning", "{run}");
+    assert_eq!(run["job"]["instance_id"], node.as_str(), "{run}");
+    assert_eq!(run["job"]["fleet"], "workers", "{run}");
+    assert!(
+        run["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("queued for node"),
+        "{run}"
+    );
+
+    // The node is busy: a second run is refused, naming the run that holds it.
+    context.write(
+        "second.dstack.yml",
+        &fleet_task("second", "workers", &["echo second-on-node"], ""),
+    );
+    let refused = context.run(&["apply", "-y", "-d", "-f", "second.dstack.yml"]);
+    assert_eq!(refused.code, 1, "{}", refused.report());
+    assert!(
+        refused.stderr.contains("has no idle node") && refused.stderr.contains("first-1"),
+        "{}",
+        refused.report()
+    );
+
+    // The agent runs the queued job; the node stays, free again.
+    let mut agent = start_agent(&context, &bucket, &node, "agent-1");
+    assert!(agent.wait().expect("agent exits").success());
+    let run = run_named(&context, "first-1");
+    assert_eq!(run["status"], "done", "{run}");
+    let logs = context.run(&["logs", "first"]);
+    ok(&logs);
+    assert!(logs.stdout.contains("first-on-node"), "{}", logs.report());
+    let ls = context.run(&["ls", "first", "--json"]);
+    ok(&ls);
+    assert!(ls.stdout.contains("result.txt"), "{}", ls.report());
+    assert_eq!(
+        state(&block_on(instance(&node))),
+        "running",
+        "the node outlives its run"
+    );
+    assert_eq!(
+        block_on(s3_text(&bucket, &format!("store/nodes/{node}/lease"))),
+        None,
+        "the run gave the node back"
+    );
+    assert!(block_on(s3_text(&bucket, &format!("store/nodes/{node}/released"))).is_some());
+
+    // Now the second run gets the node.
+    ok(&context.run(&["apply", "-y", "-d", "-f", "second.dstack.yml"]));
+    assert_eq!(
+        run_named(&context, "second-1")["job"]["instance_id"],
+        node.as_str()
+    );
+    let mut agent = start_agent(&context, &bucket, &node, "agent-2");
+    assert!(agent.wait().expect("agent exits").success());
+    assert_eq!(run_named(&context, "second-1")["status"], "done");
+    let logs = context.run(&["logs", "second"]);
+    assert!(logs.stdout.contains("second-on-node"), "{}", logs.report());
+    // Converged: the fleet and its finished runs need nothing.
+    let plan = context.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 0, "{}", plan.report());
+}
+
+#[test]
+fn a_fleet_run_gets_its_volumes_on_the_node_and_lets_them_go() {
+    let (context, bucket) = project();
+    context.write(
+        "infra.dstack.yml",
+        "type: fleet\nname: zone-c\nbackends: [aws]\nnodes: 1\ninstance_types: [t3.large]\navailability_zones: [us-east-1c]\n\
+         ---\ntype: volume\nname: data\nbackend: aws\nregion: us-east-1\navailability_zone: us-east-1c\nsize: 1GB\n\
+         ---\ntype: volume\nname: far\nbackend: aws\nregion: us-east-1\navailability_zone: us-east-1a\nsize: 1GB\n",
+    );
+    ok(&context.run(&["apply", "-y", "-f", "infra.dstack.yml"]));
+    let node = fleet_nodes(&context, "zone-c")[0]
+        .instance_id()
+        .expect("id")
+        .to_string();
+    let volume_id = |name: &str| {
+        let shown = context.run(&["state", "show", &format!("volume/{name}"), "--json"]);
+        ok(&shown);
+        serde_json::from_str::<Json>(&shown.stdout).expect("json")["backend_id"]
+            .as_str()
+            .expect("volume id")
+            .to_string()
+    };
+    let data = volume_id("data");
+    let attachments = |id: &str| {
+        block_on(async {
+            ec2()
+                .await
+                .describe_volumes()
+                .volume_ids(id)
+                .send()
+                .await
+                .expect("volume")
+                .volumes()
+                .first()
+                .map(|v| {
+                    v.attachments()
+                        .iter()
+                        .map(|a| {
+                            (
+                                a.instance_id().unwrap_or_default().to_string(),
+                                a.device().unwrap_or_default().to_string(),
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        })
+    };
+
+    // A volume in another zone than every node: refused, naming the zones.
+    context.write(
+        "far.dstack.yml",
+        &fleet_task("far", "zone-c", &["ls /data"], "volumes: [far:/data]\n"),
+    );
+    let refused = context.run(&["apply", "-y", "-d", "-f", "far.dstack.yml"]);
+    assert_eq!(refused.code, 1, "{}", refused.report());
+    assert!(
+        refused
+            .stderr
+            .contains("not in the zone of the run's volumes (us-east-1a)"),
+        "{}",
+        refused.report()
+    );
+
+    context.write(
+        "train.dstack.yml",
+        &fleet_task("train", "zone-c", &["ls /data"], "volumes: [data:/data]\n"),
+    );
+    ok(&context.run(&["apply", "-y", "-d", "-f", "train.dstack.yml"]));
+    assert_eq!(
+        attachments(&data),
+        vec![(node.clone(), "/dev/sdf".to_string())]
+    );
+    let run = run_named(&context, "train-1");
+    assert_eq!(run["job"]["volumes"][0], data.as_str(), "{run}");
+
+    // Aborted before the agent took it: off the queue, the volume detached, the node free.
+    ok(&context.run(&["stop", "-x", "train"]));
+    assert_eq!(run_named(&context, "train-1")["status"], "aborted");
+    assert_eq!(attachments(&data), Vec::new());
+    assert_eq!(state(&block_on(instance(&node))), "running");
+    assert_eq!(
+        block_on(s3_text(&bucket, &format!("store/nodes/{node}/lease"))),
+        None
+    );
+
+    // A node whose agent went silent: its queued run is aborted and says why.
+    context.write(
+        "train.dstack.yml",
+        &fleet_task(
+            "train",
+            "zone-c",
+            &["ls /data", "echo again"],
+            "volumes: [data:/data]\n",
+        ),
+    );
+    ok(&context.run(&["apply", "-y", "-d", "-f", "train.dstack.yml"]));
+    assert_eq!(attachments(&data).len(), 1);
+    block_on(async {
+        moto()
+            .s3()
+            .await
+            .put_object()
+            .bucket(&bucket)
+            .key(format!("store/nodes/{node}/heartbeat"))
+            .body(aws_sdk_s3::primitives::ByteStream::from_static(
+                b"2026-01-01T00:00:00Z",
+            ))
+            .send()
+            .await
+            .expect("put heartbeat")
+    });
+    let run = run_named(&context, "train-2");
+    assert_eq!(run["status"], "aborted", "{run}");
+    let message = run["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&node) && message.contains("has not reported"),
+        "{message}"
+    );
+    assert_eq!(attachments(&data), Vec::new());
+    // An agent that starts late does not run it.
+    let mut agent = start_agent(&context, &bucket, &node, "agent-late");
+    assert!(agent.wait().expect("agent exits").success());
+    let logs = context.run(&["logs", "train"]);
+    assert!(!logs.stdout.contains("again"), "{}", logs.report());
+}
+
+#[test]
+fn idle_fleet_nodes_above_min_are_terminated_by_apply() {
+    let (context, bucket) = project();
+    context.write(
+        "fleet.dstack.yml",
+        "type: fleet\nname: elastic\nbackends: [aws]\nnodes: {min: 1, target: 3}\ninstance_types: [t3.large]\nidle_duration: 3s\n\
+         ---\ntype: fleet\nname: fixed\nbackends: [aws]\nnodes: 1\ninstance_types: [t3.large]\nidle_duration: 1s\n",
+    );
+    ok(&context.run(&["apply", "-y", "-f", "fleet.dstack.yml"]));
+    let nodes = fleet_nodes(&context, "elastic");
+    assert_eq!(nodes.len(), 3);
+    // One node holds a run, so it is not idle.
+    context.write(
+        "job.dstack.yml",
+        &fleet_task("job", "elastic", &["echo hi"], ""),
+    );
+    ok(&context.run(&["apply", "-y", "-d", "-f", "job.dstack.yml"]));
+    let busy = run_named(&context, "job-1")["job"]["instance_id"]
+        .as_str()
+        .expect("node")
+        .to_string();
+    std::thread::sleep(Duration::from_secs(4));
+
+    let plan = context.run(&["plan", "--detailed-exitcode", "-f", "fleet.dstack.yml"]);
+    assert_eq!(plan.code, 2, "{}", plan.report());
+    assert!(
+        plan.stdout
+            .contains("2 nodes are idle longer than its idle_duration"),
+        "both idle nodes go; the busy one stays, which keeps nodes.min:\n{}",
+        plan.report()
+    );
+    assert!(
+        !plan.stdout.contains("fleet/fixed"),
+        "nodes.min are never idle-terminated:\n{}",
+        plan.report()
+    );
+    ok(&context.run(&["apply", "-y", "-f", "fleet.dstack.yml"]));
+    let left: Vec<String> = fleet_nodes(&context, "elastic")
+        .iter()
+        .filter_map(|i| i.instance_id().map(str::to_string))
+        .collect();
+    assert_eq!(left, vec![busy.clone()], "the busy node stays");
+    assert_eq!(fleet_nodes(&context, "fixed").len(), 1);
+    // The count stays where apply left it: nothing is launched again.
+    let plan = context.run(&["plan", "--detailed-exitcode", "-f", "fleet.dstack.yml"]);
+    assert_eq!(plan.code, 0, "{}", plan.report());
+
+    // The run ends and its node idles, but the fleet is at nodes.min: it stays.
+    let mut agent = start_agent(&context, &bucket, &busy, "agent");
+    assert!(agent.wait().expect("agent exits").success());
+    assert_eq!(run_named(&context, "job-1")["status"], "done");
+    std::thread::sleep(Duration::from_secs(4));
+    let plan = context.run(&["plan", "--detailed-exitcode", "-f", "fleet.dstack.yml"]);
+    assert_eq!(plan.code, 0, "{}", plan.report());
+    assert_eq!(fleet_nodes(&context, "elastic").len(), 1);
+}

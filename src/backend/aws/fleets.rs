@@ -14,9 +14,19 @@
 //! - `placement: cluster` keeps every node in the zone and offer of the first one (no EC2
 //!   placement group yet). Changing `resources`, `instance_types`, `spot_policy` or `max_price`
 //!   applies to nodes launched from then on; `--replace fleet/NAME` renews them all.
-//!   `idle_duration` is recorded but not enforced: nothing here terminates idle nodes.
+//! - With a remote artifact store, every node boots the runner agent (see [`super::boot`]) and
+//!   is tagged `dstack_agent`; runs that name the fleet are queued to an idle node.
+//! - `idle_duration` (default 3 days, as dstack's): nodes above `nodes.min` that ran no run for
+//!   that long (since their launch or their last run's end) are terminated. There is no server
+//!   to do it on a timer, so refresh finds them (`idle_expired`, which `plan` shows as an update)
+//!   and `apply` terminates them. The node count then stays where it is; a node lost otherwise
+//!   (a reclaimed spot instance) is launched again, and changing `nodes` brings the fleet back to
+//!   `nodes.target`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use serde_json::Value as Json;
 
@@ -24,8 +34,10 @@ use super::ec2::{ImageInfo, InstanceInfo, Launch, Query, SubnetInfo};
 use super::errors::to_backend;
 use super::offers::{Offer, region_offers, root_disk_gib, sort};
 use super::{AwsBackend, aws};
+use crate::backend::jobspec::job_error;
 use crate::backend::{BackendError, ErrorKind, Observed, Request};
 use crate::model::fleet::{FleetSpec, Placement};
+use crate::model::quantity::IdleDuration;
 use crate::state::ResourceRecord;
 
 /// At most this many offers are tried for one node (dstack's `MAX_OFFERS_TRIED`).
@@ -60,8 +72,17 @@ fn unique(values: impl Iterator<Item = String>) -> Json {
     Json::Array(set.into_iter().map(Json::String).collect())
 }
 
-/// What state records of a fleet (and refresh compares).
-fn observed(fleet: &str, nodes: &[Node], recorded_nodes: Option<i64>) -> Observed {
+/// dstack's default `idle_duration` of fleets.
+pub const DEFAULT_IDLE: Duration = Duration::from_hours(72);
+
+/// What state records of a fleet (and refresh compares). `idle_expired` are the nodes idle past
+/// `idle_duration` (always empty after an apply, which terminates them).
+fn observed(
+    fleet: &str,
+    nodes: &[Node],
+    recorded_nodes: Option<i64>,
+    idle_expired: &[String],
+) -> Observed {
     let mut nodes: Vec<&Node> = nodes.iter().collect();
     nodes.sort_by_key(|(_, i)| (node_index(i), i.id.clone()));
     let price: Option<f64> = nodes
@@ -103,6 +124,10 @@ fn observed(fleet: &str, nodes: &[Node], recorded_nodes: Option<i64>) -> Observe
             price.map_or(Json::Null, |p| {
                 Json::from((p * 10_000.0).round() / 10_000.0)
             }),
+        ),
+        (
+            "idle_expired".to_string(),
+            Json::Array(idle_expired.iter().cloned().map(Json::String).collect()),
         ),
     ]);
     let status = if nodes.iter().all(|(_, i)| i.state == "running") {
@@ -175,7 +200,107 @@ pub(super) async fn read(
     };
     let regions = backend.search_regions(&regions_of(record)).await;
     let live = nodes(backend, &regions, fleet, LIVE).await?;
-    Ok(Some(observed(fleet, &live, None)))
+    let idle = match recorded_spec(&record.spec) {
+        Some(spec) => idle_expired(backend, &spec, &live, Utc::now()).await?,
+        None => Vec::new(),
+    };
+    let ids: Vec<String> = idle.iter().map(|(_, i)| i.id.clone()).collect();
+    Ok(Some(observed(fleet, &live, None, &ids)))
+}
+
+/// The spec state recorded for a fleet (its canonical JSON, `type` aside).
+fn recorded_spec(spec: &Json) -> Option<FleetSpec> {
+    let mut fields = spec.as_object()?.clone();
+    fields.remove("type");
+    serde_json::from_value(Json::Object(fields)).ok()
+}
+
+/// The live nodes of a recorded fleet.
+pub(super) async fn live_nodes(
+    backend: &AwsBackend,
+    record: &ResourceRecord,
+) -> Result<Vec<Node>, BackendError> {
+    let Some(fleet) = record.backend_id.as_deref() else {
+        return Ok(Vec::new());
+    };
+    let regions = backend.search_regions(&regions_of(record)).await;
+    let mut live = nodes(backend, &regions, fleet, LIVE).await?;
+    live.sort_by_key(|(_, i)| (node_index(i), i.id.clone()));
+    Ok(live)
+}
+
+/// Whether a node holds a run, and since when it has been idle otherwise.
+struct Usage {
+    busy: bool,
+    idle_since: Option<DateTime<Utc>>,
+}
+
+/// The usage of nodes, from their leases in the job store (without a store no run can hold a
+/// node, and idle time counts from the launch).
+async fn usage(
+    backend: &AwsBackend,
+    live: &[Node],
+) -> Result<BTreeMap<String, Usage>, BackendError> {
+    let jobs = match backend.runs.as_ref() {
+        Some(_) => Some(backend.jobs().await?),
+        None => None,
+    };
+    let mut usage = BTreeMap::new();
+    for (_, node) in live {
+        let mut busy = false;
+        let mut idle_since = node.launched_at;
+        if let Some(jobs) = jobs
+            && node.tags.contains_key("dstack_agent")
+        {
+            let error = |e: crate::runner::remote::JobError| job_error(&e);
+            if let Some(holder) = jobs.node_lease(&node.id).await.map_err(error)? {
+                busy = jobs.exists(&holder).await.map_err(error)?
+                    && !jobs
+                        .status(&holder)
+                        .await
+                        .map_err(error)?
+                        .is_some_and(|s| s.status.is_finished());
+            }
+            if let Some(released) = jobs.node_released_at(&node.id).await.map_err(error)? {
+                idle_since = Some(idle_since.map_or(released, |l| l.max(released)));
+            }
+        }
+        usage.insert(node.id.clone(), Usage { busy, idle_since });
+    }
+    Ok(usage)
+}
+
+/// The nodes idle for longer than the fleet's `idle_duration`, longest idle first, as many as
+/// may go while `nodes.min` stay.
+async fn idle_expired(
+    backend: &AwsBackend,
+    spec: &FleetSpec,
+    live: &[Node],
+    now: DateTime<Utc>,
+) -> Result<Vec<Node>, BackendError> {
+    let limit = match spec.idle_duration {
+        Some(IdleDuration::Off) => return Ok(Vec::new()),
+        Some(IdleDuration::After(d)) => Duration::from_secs(u64::try_from(d.0).unwrap_or(0)),
+        None => DEFAULT_IDLE,
+    };
+    let min = usize::try_from(spec.nodes.map_or(0, |n| n.min)).unwrap_or(0);
+    if live.len() <= min {
+        return Ok(Vec::new());
+    }
+    let usage = usage(backend, live).await?;
+    let mut expired: Vec<(DateTime<Utc>, Node)> = live
+        .iter()
+        .filter(|(_, i)| i.state == "running")
+        .filter_map(|node| {
+            let usage = usage.get(&node.1.id)?;
+            let since = usage.idle_since?;
+            let idle = (now - since).to_std().unwrap_or_default();
+            (!usage.busy && idle > limit).then(|| (since, node.clone()))
+        })
+        .collect();
+    expired.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.1.id.cmp(&b.1.1.id)));
+    expired.truncate(live.len() - min);
+    Ok(expired.into_iter().map(|(_, n)| n).collect())
 }
 
 fn check_spec(request: &Request, spec: &FleetSpec) -> Result<i64, BackendError> {
@@ -210,7 +335,7 @@ pub(super) async fn create(
     let target = check_spec(request, spec)?;
     let fleet = fleet_id(&request.id.name, &request.lineage);
     let live = reconcile(backend, request, spec, &fleet, target).await?;
-    Ok(observed(&fleet, &live, None))
+    Ok(observed(&fleet, &live, None, &[]))
 }
 
 pub(super) async fn update(
@@ -225,8 +350,35 @@ pub(super) async fn update(
         .clone()
         .unwrap_or_else(|| fleet_id(&request.id.name, &request.lineage));
     retag(backend, request, spec, record, &fleet).await?;
-    let live = reconcile(backend, request, spec, &fleet, target).await?;
-    Ok(observed(&fleet, &live, None))
+    // The count stays where it is unless `nodes` changed: nodes terminated for idleness are not
+    // launched again, nodes lost otherwise are.
+    let nodes_changed = record.spec.get("nodes") != serde_json::to_value(spec.nodes).ok().as_ref();
+    let recorded = record.attributes.get("nodes").and_then(Json::as_i64);
+    let mut wanted = match recorded {
+        Some(count) if !nodes_changed => {
+            let min = spec.nodes.map_or(0, |n| n.min);
+            let max = spec.nodes.and_then(|n| n.max).unwrap_or(i64::MAX);
+            count.clamp(min, max.max(min))
+        }
+        _ => target,
+    };
+    let regions = backend.search_regions(&regions_of(record)).await;
+    let live = nodes(backend, &regions, &fleet, LIVE).await?;
+    let idle = idle_expired(backend, spec, &live, Utc::now()).await?;
+    if !idle.is_empty() {
+        let ids: Vec<&str> = idle.iter().map(|(_, i)| i.id.as_str()).collect();
+        tracing::info!("{}: terminating idle nodes {}", request.id, ids.join(", "));
+        terminate(
+            backend,
+            &format!("terminating the idle nodes of {}", request.id),
+            &idle,
+        )
+        .await?;
+        let remaining = i64::try_from(live.len() - idle.len()).unwrap_or(0);
+        wanted = wanted.min(remaining.max(spec.nodes.map_or(0, |n| n.min)));
+    }
+    let live = reconcile(backend, request, spec, &fleet, wanted).await?;
+    Ok(observed(&fleet, &live, None, &[]))
 }
 
 /// Set the fleet's tags on its live nodes; remove the ones the configuration no longer has.
@@ -306,7 +458,10 @@ async fn reconcile(
     let mut live = nodes(backend, &regions, fleet, LIVE).await?;
     let target = usize::try_from(target).unwrap_or(0);
     if live.len() > target {
-        live.sort_by_key(|(_, i)| std::cmp::Reverse((node_index(i), i.id.clone())));
+        // Idle nodes go first, highest index first; busy ones only when there are not enough.
+        let usage = usage(backend, &live).await?;
+        let busy = |id: &str| usage.get(id).is_some_and(|u| u.busy);
+        live.sort_by_key(|(_, i)| std::cmp::Reverse((!busy(&i.id), node_index(i), i.id.clone())));
         let extra: Vec<Node> = live.drain(..live.len() - target).collect();
         terminate(backend, &format!("scaling down {}", request.id), &extra).await?;
     }
@@ -319,6 +474,7 @@ async fn reconcile(
         let purpose = Purpose::Node {
             fleet: fleet.to_string(),
             target,
+            agent: backend.node_user_data().await?,
         };
         let mut launcher = Launcher::new(backend, request, spec, purpose).await?;
         for index in missing {
@@ -474,15 +630,20 @@ pub(super) async fn find(
                 .iter()
                 .filter_map(|(_, i)| i.tags.get("dstack_nodes")?.parse::<i64>().ok())
                 .max();
-            observed(fleet, nodes, target)
+            observed(fleet, nodes, target, &[])
         })
         .collect())
 }
 
 /// What an instance is launched for.
 pub(super) enum Purpose {
-    /// Node `index` (of [`Launcher::launch`]) of a fleet of `target` nodes.
-    Node { fleet: String, target: usize },
+    /// Node `index` (of [`Launcher::launch`]) of a fleet of `target` nodes, booting the runner
+    /// agent when there is a job store for it.
+    Node {
+        fleet: String,
+        target: usize,
+        agent: Option<String>,
+    },
     /// The instance of one run: it boots `user_data` and terminates when that shuts it down.
     Run { run: String, user_data: String },
 }
@@ -527,12 +688,13 @@ impl<'a> Launcher<'a> {
         })
     }
 
-    async fn image(&mut self, region: &str, arch: &str) -> Result<ImageInfo, BackendError> {
-        let key = (region.to_string(), arch.to_string());
-        if let Some(image) = self.images.get(&key) {
-            return Ok(image.clone());
-        }
-        let filter = self.backend.settings.image();
+    /// The newest image of a filter in a region, for an architecture.
+    async fn find_image(
+        &self,
+        region: &str,
+        arch: &str,
+        filter: &crate::config::project::ImageFilter,
+    ) -> Result<Option<ImageInfo>, BackendError> {
         let what = format!("looking up the machine image `{}` in {region}", filter.name);
         let images = self
             .backend
@@ -540,19 +702,58 @@ impl<'a> Launcher<'a> {
             .describe_images(region, &filter.name, &filter.owner, arch)
             .await
             .map_err(aws(&what))?;
-        let newest = images
+        Ok(images
             .into_iter()
-            .max_by(|a, b| a.creation_date.cmp(&b.creation_date))
-            .ok_or_else(|| {
-                BackendError::new(
-                    ErrorKind::Invalid,
-                    format!(
-                        "no {arch} machine image named `{}` owned by `{}` in {region}",
-                        filter.name, filter.owner
-                    ),
-                )
-                .with_hint("set `image: {name: ..., owner: ...}` of the aws backend in .dstack/config.yml to an image of this region (wildcards allowed; owner `self` for your own)")
-            })?;
+            .max_by(|a, b| a.creation_date.cmp(&b.creation_date)))
+    }
+
+    /// The image to boot: for NVIDIA GPU offers the GPU image (the configured one, or AWS's
+    /// Deep Learning Base image, falling back to the plain image when a region lacks it).
+    async fn image(
+        &mut self,
+        region: &str,
+        arch: &str,
+        nvidia: bool,
+    ) -> Result<ImageInfo, BackendError> {
+        let key = (
+            region.to_string(),
+            format!("{arch}{}", if nvidia { "+gpu" } else { "" }),
+        );
+        if let Some(image) = self.images.get(&key) {
+            return Ok(image.clone());
+        }
+        let settings = &self.backend.settings;
+        let mut found = None;
+        let mut filter = settings.image();
+        if nvidia {
+            let (gpu, configured) = settings.gpu_image();
+            found = self.find_image(region, arch, &gpu).await?;
+            if found.is_none() && configured {
+                filter = gpu;
+            } else if found.is_none() {
+                tracing::info!(
+                    "no image `{}` in {region}: the boot script installs the NVIDIA driver and container toolkit",
+                    gpu.name
+                );
+            }
+        }
+        if found.is_none() {
+            found = self.find_image(region, arch, &filter).await?;
+        }
+        let newest = found.ok_or_else(|| {
+            BackendError::new(
+                ErrorKind::Invalid,
+                format!(
+                    "no {arch} machine image named `{}` owned by `{}` in {region}",
+                    filter.name, filter.owner
+                ),
+            )
+            .with_hint(if nvidia && settings.gpu_image.is_some() {
+                "set `gpu_image: {name: ..., owner: ...}` of the aws backend in .dstack/config.yml to an image of this region (wildcards allowed; owner `self` for your own)"
+            } else {
+                "set `image: {name: ..., owner: ...}` of the aws backend in .dstack/config.yml to an image of this region (wildcards allowed; owner `self` for your own)"
+            })
+        })?;
         self.images.insert(key, newest.clone());
         Ok(newest)
     }
@@ -628,7 +829,14 @@ impl<'a> Launcher<'a> {
             if offers_tried > MAX_OFFERS_TRIED {
                 break;
             }
-            let image = self.image(&offer.region, offer.architecture()).await?;
+            let nvidia = offer
+                .instance
+                .gpus
+                .iter()
+                .any(|g| g.manufacturer.eq_ignore_ascii_case("nvidia"));
+            let image = self
+                .image(&offer.region, offer.architecture(), nvidia)
+                .await?;
             let subnets = self.subnets(&offer.region).await?;
             for zone in zones {
                 let subnet_id = match &subnets {
@@ -648,13 +856,23 @@ impl<'a> Launcher<'a> {
                 };
                 let mut labels = self.request.labels.clone();
                 let (instance_name, user_data) = match &self.purpose {
-                    Purpose::Node { fleet, target } => {
+                    Purpose::Node {
+                        fleet,
+                        target,
+                        agent,
+                    } => {
                         labels.insert("dstack.fleet".into(), fleet.clone());
                         labels.insert("dstack.node".into(), index.to_string());
                         labels.insert("dstack.nodes".into(), target.to_string());
+                        if agent.is_some() {
+                            labels.insert(
+                                "dstack.agent".into(),
+                                env!("CARGO_PKG_VERSION").to_string(),
+                            );
+                        }
                         (
                             format!("dstack-{}-{name}-{index}", self.request.project),
-                            None,
+                            agent.clone(),
                         )
                     }
                     Purpose::Run { run, user_data } => (
@@ -682,7 +900,7 @@ impl<'a> Launcher<'a> {
                     root_size_gib: root_disk_gib(self.spec.resources.as_ref()),
                     tags,
                     client_token: None,
-                    shutdown_terminates: user_data.is_some(),
+                    shutdown_terminates: matches!(self.purpose, Purpose::Run { .. }),
                     user_data,
                     instance_profile: self.backend.settings.instance_profile.clone(),
                 };
@@ -814,4 +1032,30 @@ async fn fleet_offers(
         .with_hint("relax `resources`, name `instance_types` explicitly, or allow more `regions`, `availability_zones` or a higher `max_price`"));
     }
     Ok(offers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Spec;
+
+    #[test]
+    fn the_recorded_spec_reads_back_as_the_fleet_it_was() {
+        let spec: FleetSpec = serde_json::from_value(serde_json::json!({
+            "nodes": {"min": 1, "target": 3},
+            "idle_duration": "10m",
+            "backends": ["aws"],
+        }))
+        .expect("fleet spec");
+        let read =
+            recorded_spec(&Spec::Fleet(Box::new(spec.clone())).to_json()).expect("read back");
+        assert_eq!(read, spec);
+        assert_eq!(read.nodes.map(|n| (n.min, n.target)), Some((1, 3)));
+        assert_eq!(
+            read.idle_duration
+                .and_then(IdleDuration::duration)
+                .map(|d| d.0),
+            Some(600)
+        );
+    }
 }

@@ -15,6 +15,7 @@
 //! - Errors are mapped once, in [`errors`]: throttling and 5xx are `Transient` (the executor
 //!   retries them), capacity is a `Conflict` after every zone and offer was tried.
 
+mod boot;
 pub mod ec2;
 pub mod errors;
 mod fleets;
@@ -45,6 +46,12 @@ pub use self::volumes::{attach_volume, detach_volume};
 pub const DEFAULT_IMAGE_NAME: &str = "ubuntu/images/hvm-ssd*/ubuntu-jammy-22.04-*-server-*";
 /// Canonical's AWS account, the owner of the official Ubuntu images.
 pub const DEFAULT_IMAGE_OWNER: &str = "099720109477";
+/// The default image of GPU instances: AWS's Deep Learning Base image (NVIDIA driver, Docker and
+/// the NVIDIA container toolkit preinstalled) for Ubuntu 22.04.
+pub const DEFAULT_GPU_IMAGE_NAME: &str =
+    "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *";
+/// Amazon's own images.
+pub const DEFAULT_GPU_IMAGE_OWNER: &str = "amazon";
 
 /// The settings of the aws entry of `.dstack/config.yml`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -61,6 +68,7 @@ pub struct AwsSettings {
     /// Tags of every object, after dstack's own.
     pub tags: BTreeMap<String, String>,
     pub image: Option<ImageFilter>,
+    pub gpu_image: Option<ImageFilter>,
     /// The IAM instance profile of launched instances.
     pub instance_profile: Option<String>,
 }
@@ -77,6 +85,7 @@ impl AwsSettings {
                 subnet_ids,
                 tags,
                 image,
+                gpu_image,
                 instance_profile,
             } => Some(Self {
                 regions: regions.clone(),
@@ -86,6 +95,7 @@ impl AwsSettings {
                 subnet_ids: subnet_ids.clone(),
                 tags: tags.clone(),
                 image: image.clone(),
+                gpu_image: gpu_image.clone(),
                 instance_profile: instance_profile.clone(),
             }),
             BackendSetting::Local { .. } => None,
@@ -103,6 +113,21 @@ impl AwsSettings {
             name: DEFAULT_IMAGE_NAME.into(),
             owner: DEFAULT_IMAGE_OWNER.into(),
         })
+    }
+
+    /// The machine image filter of GPU instances, and whether it was configured (a default one
+    /// a region lacks falls back to [`Self::image`]).
+    pub fn gpu_image(&self) -> (ImageFilter, bool) {
+        match &self.gpu_image {
+            Some(filter) => (filter.clone(), true),
+            None => (
+                ImageFilter {
+                    name: DEFAULT_GPU_IMAGE_NAME.into(),
+                    owner: DEFAULT_GPU_IMAGE_OWNER.into(),
+                },
+                false,
+            ),
+        }
     }
 }
 

@@ -20,6 +20,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::Value as Json;
 
+use super::boot::run_user_data;
 use super::ec2::{InstanceInfo, Query};
 use super::errors::to_backend;
 use super::fleets::{Launcher, Purpose, wait_running};
@@ -33,14 +34,12 @@ use crate::runner::job::{Control, JobMount, JobPort, MountSource, Runtime};
 use crate::runner::remote::{JobRef, RemoteJobs};
 use crate::state::{ResourceRecord, RunRecord, RunStatus};
 
-/// How long the presigned URL of the runner binary stays valid (the instance boots in minutes).
-const BINARY_URL_LIFETIME: Duration = Duration::from_hours(6);
 /// How long a runner may stay silent, once it has reported, before its run counts as lost.
 const LOST_AFTER: Duration = Duration::from_mins(2);
 /// Where the runner mounts the run's volumes on the instance.
 const VOLUME_ROOT: &str = "/mnt/dstack/volumes";
-/// Where the runner binary and its work directory live on the instance.
-const INSTANCE_HOME: &str = "/opt/dstack";
+/// How long a fleet node may take to boot its agent before its queued run counts as lost.
+const NODE_BOOT_GRACE: Duration = Duration::from_mins(15);
 
 fn no_store() -> BackendError {
     BackendError::new(
@@ -55,7 +54,7 @@ impl AwsBackend {
         self.runs.as_ref().ok_or_else(no_store)
     }
 
-    async fn jobs(&self) -> Result<&RemoteJobs, BackendError> {
+    pub(super) async fn jobs(&self) -> Result<&RemoteJobs, BackendError> {
         let settings = self.run_settings()?;
         self.jobs
             .get_or_try_init(|| async {
@@ -67,123 +66,37 @@ impl AwsBackend {
     }
 }
 
+impl AwsBackend {
+    /// The runner binary's presigned URLs, by architecture; uploaded and checked once per
+    /// process.
+    pub(super) async fn runner_binaries(&self) -> Result<&BTreeMap<String, String>, BackendError> {
+        let settings = self.run_settings()?;
+        let jobs = self.jobs().await?;
+        self.binaries
+            .get_or_try_init(|| super::boot::binaries(jobs, settings))
+            .await
+    }
+
+    /// What a fleet node boots when runs can be queued to it: its agent. `None` without a
+    /// remote artifact store (the node then gets no agent and runs cannot use it).
+    pub(super) async fn node_user_data(&self) -> Result<Option<String>, BackendError> {
+        let Some(settings) = self.runs.as_ref() else {
+            return Ok(None);
+        };
+        let urls = self.runner_binaries().await?;
+        let jobs = self.jobs().await?;
+        let region = jobs.region().unwrap_or_else(|| "us-east-1".to_string());
+        Ok(Some(super::boot::node_user_data(
+            urls,
+            &settings.store_url,
+            &region,
+            settings.connection.endpoint_url.as_deref(),
+        )))
+    }
+}
+
 fn text(run: &RunRecord, key: &str) -> Option<String> {
     run.job.get(key).and_then(Json::as_str).map(str::to_string)
-}
-
-/// A value for a POSIX shell, single-quoted.
-fn quote(value: &str) -> String {
-    format!("'{}'", value.replace('\'', r"'\''"))
-}
-
-/// The architecture of an ELF executable as `uname -m` names it (`x86_64`, `aarch64`).
-pub fn elf_arch(header: &[u8]) -> Option<&'static str> {
-    if header.len() < 20 || &header[..4] != b"\x7fELF" {
-        return None;
-    }
-    match u16::from_le_bytes([header[18], header[19]]) {
-        0x3E => Some("x86_64"),
-        0xB7 => Some("aarch64"),
-        _ => None,
-    }
-}
-
-/// What the instance boots: fetch the runner binary for its architecture, make sure Docker is
-/// there, run the job, shut down (which terminates the instance).
-pub fn user_data(
-    binaries: &BTreeMap<String, String>,
-    job_url: &str,
-    region: &str,
-    endpoint_url: Option<&str>,
-) -> String {
-    let mut cases = String::new();
-    for (arch, url) in binaries {
-        cases.push_str(&format!("  {arch}) url={} ;;\n", quote(url)));
-    }
-    let endpoint = endpoint_url
-        .map(|e| format!(" --endpoint-url {}", quote(e)))
-        .unwrap_or_default();
-    format!(
-        "#!/bin/sh\n\
-         # dstack: run one job, then shut down (the instance terminates on shutdown).\n\
-         exec >>/var/log/dstack-runner.log 2>&1\n\
-         export AWS_EC2_METADATA_DISABLED=false\n\
-         mkdir -p {home}/work\n\
-         url=''\n\
-         case \"$(uname -m)\" in\n{cases}esac\n\
-         if ! command -v docker >/dev/null 2>&1; then\n\
-         \x20 (apt-get update -y && apt-get install -y docker.io && systemctl start docker) || echo 'dstack: cannot install Docker'\n\
-         fi\n\
-         if [ -z \"$url\" ]; then\n\
-         \x20 echo \"dstack: no runner binary for $(uname -m)\"\n\
-         elif curl -fsSL --retry 5 -o {home}/dstack \"$url\"; then\n\
-         \x20 chmod +x {home}/dstack\n\
-         \x20 {home}/dstack runner --job {job} --region {region}{endpoint} --work-dir {home}/work\n\
-         else\n\
-         \x20 echo 'dstack: cannot download the runner binary'\n\
-         fi\n\
-         shutdown -h now\n",
-        home = INSTANCE_HOME,
-        job = quote(job_url),
-        region = quote(region),
-    )
-}
-
-/// Upload the runner binary and presign its download, for each architecture the store has.
-async fn binaries(
-    jobs: &RemoteJobs,
-    settings: &RunSettings,
-) -> Result<BTreeMap<String, String>, BackendError> {
-    let version = env!("CARGO_PKG_VERSION");
-    let explicit = settings.runner_binary.clone();
-    let local = match &explicit {
-        Some(path) => Some(path.clone()),
-        None if cfg!(target_os = "linux") => std::env::current_exe().ok(),
-        None => None,
-    };
-    if let Some(path) = &local {
-        let mut header = [0u8; 20];
-        let read = std::fs::File::open(path)
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header));
-        let arch = read.ok().and_then(|()| elf_arch(&header));
-        match arch {
-            Some(arch) => {
-                jobs.upload_binary(&jobs.binary_key(version, arch), path)
-                    .await
-                    .map_err(|e| job_error(&e))?;
-            }
-            None if explicit.is_some() => {
-                return Err(BackendError::new(
-                    ErrorKind::Invalid,
-                    format!(
-                        "the runner binary {} is not a Linux x86_64 or aarch64 executable",
-                        path.display()
-                    ),
-                )
-                .with_hint("point DSTACK_RUNNER_BINARY at a Linux build of dstack"));
-            }
-            None => {}
-        }
-    }
-    let mut urls = BTreeMap::new();
-    for arch in ["x86_64", "aarch64"] {
-        let key = jobs.binary_key(version, arch);
-        if jobs.object_exists(&key).await.map_err(|e| job_error(&e))? {
-            let url = jobs
-                .presigned_get(&key, BINARY_URL_LIFETIME)
-                .await
-                .map_err(|e| job_error(&e))?;
-            urls.insert(arch.to_string(), url);
-        }
-    }
-    if urls.is_empty() {
-        return Err(BackendError::new(
-            ErrorKind::Invalid,
-            format!("there is no Linux build of dstack {version} to run on the instance"),
-        )
-        .with_hint("set DSTACK_RUNNER_BINARY to a Linux build of this version; it is uploaded to the remote store"));
-    }
-    Ok(urls)
 }
 
 /// A volume of the run: its record, the device it is attached as, its mount.
@@ -320,6 +233,254 @@ fn placement_spec(spec: &RunSpec, place: Option<&(String, String)>) -> FleetSpec
     }
 }
 
+/// The aws fleet a run names (`fleets`), from state; `None` when it names none.
+fn fleet_of<'a>(
+    request: &'a Request,
+    spec: &RunSpec,
+) -> Result<Option<&'a ResourceRecord>, BackendError> {
+    let Some(wanted) = spec.common.fleets.iter().flatten().next() else {
+        return Ok(None);
+    };
+    let record = request
+        .fleets
+        .get(&wanted.name)
+        .filter(|r| r.backend == "aws" && r.backend_id.is_some())
+        .ok_or_else(|| {
+            BackendError::new(
+                ErrorKind::Invalid,
+                format!(
+                    "{}: the fleet `{}` is not an applied aws fleet",
+                    request.id, wanted.name
+                ),
+            )
+            .with_hint(format!(
+                "declare `type: fleet` named `{}` with `backends: [aws]` and apply it first, or remove `fleets` to give the run an instance of its own",
+                wanted.name
+            ))
+        })?;
+    Ok(Some(record))
+}
+
+/// A job ready to be queued to a fleet node.
+struct NodeJob<'a> {
+    job_ref: &'a JobRef,
+    job: &'a crate::runner::job::JobSpec,
+    tar: &'a std::path::Path,
+    volumes: &'a [RunVolume],
+    place: Option<&'a (String, String)>,
+}
+
+/// Where a run on a fleet node was put (`placement.json` of its job, and its attributes).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct NodePlacement {
+    fleet: String,
+    instance_id: String,
+    region: String,
+    availability_zone: String,
+    instance_type: String,
+    spot: bool,
+    /// The EBS volumes attached for the run, detached when it ends.
+    volumes: Vec<String>,
+}
+
+impl NodePlacement {
+    /// The placement of a run on a fleet node; `None` for a run with an instance of its own.
+    fn of(run: &RunRecord) -> Option<Self> {
+        serde_json::from_value::<Self>(Json::Object(run.job.clone().into_iter().collect()))
+            .ok()
+            .filter(|p| !p.fleet.is_empty())
+    }
+
+    fn attributes(&self, lineage: &str) -> BTreeMap<String, Json> {
+        let price = super::prices::price(&self.instance_type, self.spot);
+        BTreeMap::from([
+            ("lineage".to_string(), Json::String(lineage.to_string())),
+            ("runtime".to_string(), Json::String("ec2".into())),
+            ("fleet".to_string(), Json::String(self.fleet.clone())),
+            (
+                "instance_id".to_string(),
+                Json::String(self.instance_id.clone()),
+            ),
+            ("region".to_string(), Json::String(self.region.clone())),
+            (
+                "availability_zone".to_string(),
+                Json::String(self.availability_zone.clone()),
+            ),
+            (
+                "instance_type".to_string(),
+                Json::String(self.instance_type.clone()),
+            ),
+            ("spot".to_string(), Json::Bool(self.spot)),
+            (
+                "volumes".to_string(),
+                Json::Array(self.volumes.iter().cloned().map(Json::String).collect()),
+            ),
+            (
+                "price".to_string(),
+                price.map_or(Json::Null, |p| {
+                    Json::from((p * 10_000.0).round() / 10_000.0)
+                }),
+            ),
+        ])
+    }
+}
+
+/// Queue a run to an idle node of its fleet: take the node (a lease in the job store, so two
+/// runs never share one), attach the run's volumes, and queue the job for the node's agent.
+async fn submit_to_node(
+    backend: &AwsBackend,
+    request: &Request,
+    fleet: &ResourceRecord,
+    work: &NodeJob<'_>,
+) -> Result<Observed, BackendError> {
+    let jobs = backend.jobs().await?;
+    let fleet_name = &fleet.name;
+    let nodes = super::fleets::live_nodes(backend, fleet).await?;
+    let mut busy = Vec::new();
+    let mut elsewhere = Vec::new();
+    let mut agentless = Vec::new();
+    let mut chosen = None;
+    for (region, node) in nodes {
+        if node.state != "running" {
+            busy.push(format!("{} is {}", node.id, node.state));
+            continue;
+        }
+        if !node.tags.contains_key("dstack_agent") {
+            agentless.push(node.id.clone());
+            continue;
+        }
+        if let Some((r, z)) = work.place
+            && (*r != region || *z != node.availability_zone)
+        {
+            elsewhere.push(format!("{} in {}", node.id, node.availability_zone));
+            continue;
+        }
+        if jobs
+            .lease_node(&node.id, work.job_ref)
+            .await
+            .map_err(|e| job_error(&e))?
+        {
+            chosen = Some((region, node));
+            break;
+        }
+        let holder = jobs
+            .node_lease(&node.id)
+            .await
+            .map_err(|e| job_error(&e))?
+            .map_or_else(|| "another run".to_string(), |j| j.run);
+        busy.push(format!("{} runs {holder}", node.id));
+    }
+    let Some((region, node)) = chosen else {
+        let mut reasons = busy;
+        if !elsewhere.is_empty() {
+            reasons.push(format!(
+                "{} not in the zone of the run's volumes ({})",
+                elsewhere.join(", "),
+                work.place.map(|(_, z)| z.as_str()).unwrap_or_default()
+            ));
+        }
+        if !agentless.is_empty() {
+            reasons.push(format!(
+                "{} launched without a runner agent (no remote artifact store was configured then)",
+                agentless.join(", ")
+            ));
+        }
+        if reasons.is_empty() {
+            reasons.push("it has no running node".into());
+        }
+        let hint = if agentless.is_empty() {
+            format!(
+                "wait for a run on `{fleet_name}` to end, raise its `nodes`, or remove `fleets` to give the run an instance of its own"
+            )
+        } else {
+            format!(
+                "`dstack apply --replace fleet/{fleet_name}` relaunches the nodes with the agent"
+            )
+        };
+        return Err(BackendError::new(
+            ErrorKind::Conflict,
+            format!(
+                "{}: the fleet `{fleet_name}` has no idle node: {}",
+                request.id,
+                reasons.join("; ")
+            ),
+        )
+        .with_hint(hint));
+    };
+    let placement = NodePlacement {
+        fleet: fleet_name.clone(),
+        instance_id: node.id.clone(),
+        region: region.clone(),
+        availability_zone: node.availability_zone.clone(),
+        instance_type: node.instance_type.clone(),
+        spot: node.spot,
+        volumes: work
+            .volumes
+            .iter()
+            .filter_map(|v| v.record.backend_id.clone())
+            .collect(),
+    };
+    let queued = async {
+        for volume in work.volumes {
+            super::volumes::attach_volume(backend, &volume.record, &node.id, &volume.device)
+                .await?;
+        }
+        let placed = serde_json::to_vec_pretty(&placement).unwrap_or_default();
+        jobs.put_extra(work.job_ref, "placement.json", placed)
+            .await
+            .map_err(|e| job_error(&e))?;
+        if let Some(intent) = request.labels.get("dstack.intent") {
+            jobs.record_intent(intent, work.job_ref)
+                .await
+                .map_err(|e| job_error(&e))?;
+        }
+        jobs.on_node(&node.id)
+            .map_err(|e| job_error(&e))?
+            .submit(work.job_ref, work.job, work.tar, true)
+            .await
+            .map_err(|e| job_error(&e))
+    }
+    .await;
+    if let Err(error) = queued {
+        // Give the node back as it was.
+        let _ = free_node(backend, jobs, work.job_ref, &placement).await;
+        return Err(error);
+    }
+    Ok(Observed {
+        backend_id: Some(jobs.job_url(work.job_ref)),
+        attributes: placement.attributes(&request.lineage),
+        status: "provisioning".into(),
+        labels: request.labels.clone(),
+    })
+}
+
+/// Let a fleet node go after a run: detach the run's volumes, then drop the run's lease.
+async fn free_node(
+    backend: &AwsBackend,
+    jobs: &RemoteJobs,
+    job: &JobRef,
+    placement: &NodePlacement,
+) -> Result<(), BackendError> {
+    for volume in &placement.volumes {
+        let what = format!(
+            "detaching the EBS volume {volume} of {} from {}",
+            job.run, placement.instance_id
+        );
+        super::volumes::detach_by_id(
+            backend,
+            &placement.region,
+            volume,
+            &placement.instance_id,
+            false,
+            &what,
+        )
+        .await?;
+    }
+    jobs.free_node(&placement.instance_id, job)
+        .await
+        .map_err(|e| job_error(&e))
+}
+
 pub(super) async fn submit(
     backend: &AwsBackend,
     request: &Request,
@@ -330,16 +491,7 @@ pub(super) async fn submit(
         .run_name
         .clone()
         .ok_or_else(|| BackendError::new(ErrorKind::Internal, "a run needs a name"))?;
-    if let Some(fleet) = spec.common.fleets.iter().flatten().next() {
-        return Err(BackendError::new(
-            ErrorKind::Invalid,
-            format!(
-                "{}: runs on the instances of an aws fleet (`{}`) are not supported yet",
-                request.id, fleet.name
-            ),
-        )
-        .with_hint("remove `fleets` to give the run an instance of its own (`backends: [aws]`)"));
-    }
+    let fleet = fleet_of(request, spec)?;
     let (job_mounts, volumes, place) = mounts(request, spec)?;
     let working_dir = crate::backend::jobspec::working_dir(spec);
     let (_temp, tar) = crate::backend::jobspec::pack_code(
@@ -378,6 +530,21 @@ pub(super) async fn submit(
         run: run_name.clone(),
     };
     let jobs = backend.jobs().await?;
+    if let Some(fleet) = fleet {
+        return submit_to_node(
+            backend,
+            request,
+            fleet,
+            &NodeJob {
+                job_ref: &job_ref,
+                job: &job,
+                tar: &tar,
+                volumes: &volumes,
+                place: place.as_ref(),
+            },
+        )
+        .await;
+    }
     jobs.submit(&job_ref, &job, &tar, false)
         .await
         .map_err(|e| job_error(&e))?;
@@ -388,12 +555,9 @@ pub(super) async fn submit(
     }
     let job_url = jobs.job_url(&job_ref);
     // Hashing and checking the binary once serves every run this process submits.
-    let urls = backend
-        .binaries
-        .get_or_try_init(|| binaries(jobs, settings))
-        .await?;
+    let urls = backend.runner_binaries().await?;
     let store_region = jobs.region().unwrap_or_else(|| "us-east-1".to_string());
-    let script = user_data(
+    let script = run_user_data(
         urls,
         &job_url,
         &store_region,
@@ -482,12 +646,20 @@ async fn instance(
     }
 }
 
-/// Terminate the run's instance if it still lives (its attached volumes come free).
+/// Terminate the run's instance if it still lives (its attached volumes come free); give a fleet
+/// node back instead.
 async fn release(
     backend: &AwsBackend,
     run: &RunRecord,
     instance: Option<&(String, InstanceInfo)>,
 ) -> Result<(), BackendError> {
+    if let Some(placement) = NodePlacement::of(run) {
+        // A fleet node outlives its runs: it is given back, not terminated. A node that is gone
+        // has nothing attached and nothing to give back, which these calls take in their stride.
+        let job = job_of(run)?;
+        let jobs = backend.jobs().await?;
+        return free_node(backend, jobs, &job, &placement).await;
+    }
     let Some((region, info)) = instance else {
         return Ok(());
     };
@@ -582,6 +754,11 @@ pub(super) async fn read(
         }));
     }
     let Some(status) = status else {
+        if let Some(placement) = NodePlacement::of(run)
+            && let Some(instance) = &instance
+        {
+            return queued_on_node(backend, jobs, run, &job, &placement, instance).await;
+        }
         return Ok(Some(RunObserved {
             status: RunStatus::Provisioning,
             exit_code: None,
@@ -597,13 +774,24 @@ pub(super) async fn read(
         .unwrap_or(status.updated_at);
     let silent = (Utc::now() - heard).to_std().unwrap_or_default();
     if silent > LOST_AFTER {
+        if NodePlacement::of(run).is_some() {
+            // The node lives on: should its agent come back, it must not go on with the run.
+            jobs.request(&job, Control::Abort)
+                .await
+                .map_err(|e| job_error(&e))?;
+        }
         release(backend, run, instance.as_ref()).await?;
         return Ok(Some(RunObserved {
             status: RunStatus::Aborted,
             exit_code: None,
             message: Some(format!(
-                "its runner has not reported for {} s; its instance was terminated",
-                silent.as_secs()
+                "its runner has not reported for {} s; its {}",
+                silent.as_secs(),
+                if NodePlacement::of(run).is_some() {
+                    "fleet node was given back"
+                } else {
+                    "instance was terminated"
+                }
             )),
             finished_at: Some(Utc::now()),
             manifest: None,
@@ -614,6 +802,71 @@ pub(super) async fn read(
         exit_code: status.exit_code,
         message: status.message,
         finished_at: status.finished_at,
+        manifest: None,
+    }))
+}
+
+/// A run queued to a fleet node that no agent has taken yet: waiting, or lost when the node's
+/// agent is silent (never started within [`NODE_BOOT_GRACE`] of the node's launch, or stopped
+/// saying it is alive for [`LOST_AFTER`]).
+async fn queued_on_node(
+    backend: &AwsBackend,
+    jobs: &RemoteJobs,
+    run: &RunRecord,
+    job: &JobRef,
+    placement: &NodePlacement,
+    instance: &(String, InstanceInfo),
+) -> Result<Option<RunObserved>, BackendError> {
+    let node = &placement.instance_id;
+    let heard = jobs.node_heartbeat(node).await.map_err(|e| job_error(&e))?;
+    let now = Utc::now();
+    let silent = match heard {
+        Some(at) => (now - at).to_std().unwrap_or_default() > LOST_AFTER,
+        None => instance
+            .1
+            .launched_at
+            .is_some_and(|at| (now - at).to_std().unwrap_or_default() > NODE_BOOT_GRACE),
+    };
+    if !silent {
+        return Ok(Some(RunObserved {
+            status: RunStatus::Provisioning,
+            exit_code: None,
+            message: Some(format!(
+                "queued for node {node} of the fleet `{}`",
+                placement.fleet
+            )),
+            finished_at: None,
+            manifest: None,
+        }));
+    }
+    let on_node = jobs.on_node(node).map_err(|e| job_error(&e))?;
+    if !on_node
+        .cancel_if_unclaimed(job, Control::Abort)
+        .await
+        .map_err(|e| job_error(&e))?
+    {
+        // The agent took it just now: its reports will follow.
+        return Ok(Some(RunObserved {
+            status: RunStatus::Provisioning,
+            exit_code: None,
+            message: Some(format!("starting on node {node}")),
+            finished_at: None,
+            manifest: None,
+        }));
+    }
+    release(backend, run, Some(instance)).await?;
+    Ok(Some(RunObserved {
+        status: RunStatus::Aborted,
+        exit_code: None,
+        message: Some(format!(
+            "the runner agent of node {node} (fleet `{}`) {}; the run was taken off the node              (the node's boot log is /var/log/dstack-runner.log, the agent's `journalctl -u dstack-runner`)",
+            placement.fleet,
+            heard.map_or_else(
+                || "never reported".to_string(),
+                |at| format!("has not reported for {} s", (now - at).num_seconds())
+            )
+        )),
+        finished_at: Some(now),
         manifest: None,
     }))
 }
@@ -629,11 +882,20 @@ pub(super) async fn stop(
     jobs.request(&job, control)
         .await
         .map_err(|e| job_error(&e))?;
-    if jobs
-        .end_unstarted(&job, control)
-        .await
-        .map_err(|e| job_error(&e))?
-    {
+    let ended = match NodePlacement::of(run) {
+        // Taken off the node's queue unless its agent has it (then the control tells it).
+        Some(placement) => jobs
+            .on_node(&placement.instance_id)
+            .map_err(|e| job_error(&e))?
+            .cancel_if_unclaimed(&job, control)
+            .await
+            .map_err(|e| job_error(&e))?,
+        None => jobs
+            .end_unstarted(&job, control)
+            .await
+            .map_err(|e| job_error(&e))?,
+    };
+    if ended {
         let instance = instance(backend, run).await?;
         release(backend, run, instance.as_ref()).await?;
     }
@@ -644,12 +906,13 @@ pub(super) async fn remove(backend: &AwsBackend, run: &RunRecord) -> Result<(), 
     let job = job_of(run)?;
     let instance = instance(backend, run).await?;
     release(backend, run, instance.as_ref()).await?;
-    backend
-        .jobs()
-        .await?
-        .remove(&job)
-        .await
-        .map_err(|e| job_error(&e))
+    let mut jobs = backend.jobs().await?.clone();
+    if let Some(placement) = NodePlacement::of(run) {
+        jobs = jobs
+            .on_node(&placement.instance_id)
+            .map_err(|e| job_error(&e))?;
+    }
+    jobs.remove(&job).await.map_err(|e| job_error(&e))
 }
 
 pub(super) async fn logs(
@@ -685,6 +948,19 @@ pub(super) async fn find(
     if !jobs.exists(&job).await.map_err(|e| job_error(&e))? {
         return Ok(Vec::new());
     }
+    if let Some(placement) = jobs
+        .get_extra(&job, "placement.json")
+        .await
+        .map_err(|e| job_error(&e))?
+        .and_then(|b| serde_json::from_slice::<NodePlacement>(&b).ok())
+    {
+        return Ok(vec![Observed {
+            backend_id: Some(jobs.job_url(&job)),
+            attributes: placement.attributes(&job.lineage),
+            status: "submitted".into(),
+            labels: labels.clone(),
+        }]);
+    }
     let mut attributes = BTreeMap::from([
         ("lineage".to_string(), Json::String(job.lineage.clone())),
         ("runtime".to_string(), Json::String("ec2".into())),
@@ -717,45 +993,4 @@ pub(super) async fn find(
         status: "submitted".into(),
         labels: labels.clone(),
     }])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn user_data_fetches_the_binary_for_the_machine_and_runs_the_job() {
-        let urls = BTreeMap::from([(
-            "x86_64".to_string(),
-            "http://s3/bin?X-Amz-Signature=a&b=c".to_string(),
-        )]);
-        let script = user_data(
-            &urls,
-            "s3://b/p/jobs/l/train-1",
-            "us-east-1",
-            Some("http://127.0.0.1:5000"),
-        );
-        assert!(script.starts_with("#!/bin/sh\n"));
-        assert!(script.contains("  x86_64) url='http://s3/bin?X-Amz-Signature=a&b=c' ;;\n"));
-        assert!(script.contains(
-            "/opt/dstack/dstack runner --job 's3://b/p/jobs/l/train-1' --region 'us-east-1' --endpoint-url 'http://127.0.0.1:5000' --work-dir /opt/dstack/work\n"
-        ));
-        assert!(script.trim_end().ends_with("shutdown -h now"));
-    }
-
-    #[test]
-    fn shell_quoting_survives_quotes() {
-        assert_eq!(quote("a'b"), r"'a'\''b'");
-    }
-
-    #[test]
-    fn elf_headers_name_their_architecture() {
-        let mut header = [0u8; 20];
-        header[..4].copy_from_slice(b"\x7fELF");
-        header[18] = 0x3E;
-        assert_eq!(elf_arch(&header), Some("x86_64"));
-        header[18] = 0xB7;
-        assert_eq!(elf_arch(&header), Some("aarch64"));
-        assert_eq!(elf_arch(b"#!/bin/sh"), None);
-    }
 }

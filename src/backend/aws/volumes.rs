@@ -570,9 +570,22 @@ pub async fn detach_volume(
         "detaching the EBS volume {id} of {} from {instance_id}",
         record.id()
     );
+    detach_by_id(backend, &region, id, instance_id, force, &what).await
+}
+
+/// Detach a volume from an instance and wait until it is free; a volume that is not attached
+/// there is fine.
+pub(super) async fn detach_by_id(
+    backend: &AwsBackend,
+    region: &str,
+    id: &str,
+    instance_id: &str,
+    force: bool,
+    what: &str,
+) -> Result<(), BackendError> {
     match backend
         .api()
-        .detach_volume(&region, id, instance_id, force)
+        .detach_volume(region, id, instance_id, force)
         .await
     {
         Ok(()) => {}
@@ -585,14 +598,14 @@ pub async fn detach_volume(
         {
             return Ok(());
         }
-        Err(error) => return Err(to_backend(&what, &error)),
+        Err(error) => return Err(to_backend(what, &error)),
     }
     backend
         .wait_for(
             &format!("waiting for {id} to detach from {instance_id}"),
             backend.timing.volume_timeout,
             || async {
-                Ok(match describe(backend, &region, id).await? {
+                Ok(match describe(backend, region, id).await? {
                     None => Some(()),
                     Some(v) => (!v
                         .attachments
