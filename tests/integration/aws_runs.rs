@@ -659,6 +659,13 @@ fn runs_on_an_aws_fleet_take_an_idle_node_and_give_it_back() {
     // Converged: the fleet and its finished runs need nothing.
     let plan = context.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(plan.code, 0, "{}", plan.report());
+    // Deleting the fleet terminates the node and clears what its agent kept in the store.
+    ok(&context.run(&["delete", "-y"]));
+    assert_eq!(state(&block_on(instance(&node))), "terminated");
+    assert_eq!(
+        block_on(s3_text(&bucket, &format!("store/nodes/{node}/released"))),
+        None
+    );
 }
 
 #[test]

@@ -580,7 +580,17 @@ pub(super) async fn terminate(
                 Ok(Some(()))
             },
         )
-        .await
+        .await?;
+    // What the nodes' agents and runs kept in the job store goes with them.
+    if backend.runs.is_some() {
+        let jobs = backend.jobs().await?;
+        for (_, node) in doomed {
+            if let Err(error) = jobs.forget_node(&node.id).await {
+                tracing::warn!("{what}: {error}");
+            }
+        }
+    }
+    Ok(())
 }
 
 pub(super) async fn delete(

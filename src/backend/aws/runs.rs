@@ -902,8 +902,30 @@ pub(super) async fn stop(
     Ok(())
 }
 
+/// How long removing a run on a fleet node waits for its agent to end it.
+const NODE_ABORT_WAIT: Duration = Duration::from_mins(2);
+
 pub(super) async fn remove(backend: &AwsBackend, run: &RunRecord) -> Result<(), BackendError> {
     let job = job_of(run)?;
+    if NodePlacement::of(run).is_some() {
+        // The node lives on and its agent may still be running the job: have it abort, and wait
+        // (a while) for the end, so the volumes are unmounted before they are detached.
+        let jobs = backend.jobs().await?;
+        let unfinished = |status: Option<crate::runner::job::JobStatus>| {
+            status.is_some_and(|s| !s.status.is_finished())
+        };
+        if unfinished(jobs.status(&job).await.map_err(|e| job_error(&e))?) {
+            jobs.request(&job, Control::Abort)
+                .await
+                .map_err(|e| job_error(&e))?;
+            let started = std::time::Instant::now();
+            while started.elapsed() < NODE_ABORT_WAIT
+                && unfinished(jobs.status(&job).await.map_err(|e| job_error(&e))?)
+            {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
     let instance = instance(backend, run).await?;
     release(backend, run, instance.as_ref()).await?;
     let mut jobs = backend.jobs().await?.clone();
