@@ -364,7 +364,12 @@ pub(super) async fn update(
     };
     let regions = backend.search_regions(&regions_of(record)).await;
     let live = nodes(backend, &regions, &fleet, LIVE).await?;
-    let idle = idle_expired(backend, spec, &live, Utc::now()).await?;
+    // A new `nodes` says how many there should be; idleness counts only against the old one.
+    let idle = if nodes_changed {
+        Vec::new()
+    } else {
+        idle_expired(backend, spec, &live, Utc::now()).await?
+    };
     if !idle.is_empty() {
         let ids: Vec<&str> = idle.iter().map(|(_, i)| i.id.as_str()).collect();
         tracing::info!("{}: terminating idle nodes {}", request.id, ids.join(", "));
