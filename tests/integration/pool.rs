@@ -186,11 +186,14 @@ fn pool_jobs_stop_and_abort_through_s3() {
     let stop = context.run(&["stop", "-x", "long"]);
     assert_eq!(stop.code, 0, "{}", stop.report());
     assert_eq!(ps(&context)[0]["status"], "aborted");
-    // Aborted before any runner took it: it ends without running.
+    assert!(runner.wait().expect("runner exits").success());
+    // Aborted before any runner took it: it ends without running, even when a runner comes
+    // afterwards. (No runner is up in between, so none can take it before the abort.)
     let apply = context.run(&["apply", "-y", "-d", "-f", "queued.dstack.yml"]);
     assert_eq!(apply.code, 0, "{}", apply.report());
     let stop = context.run(&["stop", "-x", "queued"]);
     assert_eq!(stop.code, 0, "{}", stop.report());
+    let mut runner = start_runner(&context, &url, "runner-late", "3s");
     assert!(runner.wait().expect("runner exits").success());
     let logs = context.run(&["logs", "queued"]);
     assert!(!logs.stdout.contains("should-not-run"), "{}", logs.report());
