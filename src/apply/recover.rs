@@ -49,8 +49,8 @@ pub async fn recover(
                     (Some(observed), Some(record)) => {
                         let mut record = record.clone();
                         record.backend_id = observed.backend_id.clone().or(record.backend_id);
-                        for (key, value) in observed.attributes {
-                            record.attributes.insert(key, value);
+                        for (key, value) in &observed.attributes {
+                            record.attributes.insert(key.clone(), value.clone());
                         }
                         record.status = observed.status;
                         step.changes.push(Change::PutResource(Box::new(record)));
@@ -59,6 +59,10 @@ pub async fn recover(
                             if let Some(id) = observed.backend_id {
                                 run.job.insert("backend_id".into(), id.into());
                             }
+                            // What the backend says of the run (its instance, its fleet node),
+                            // as a create that finished records it.
+                            run.job.remove("intent");
+                            run.job.extend(observed.attributes);
                             step.changes.push(Change::PutRun(Box::new(run)));
                         }
                         notes.push(format!(

@@ -851,3 +851,116 @@ fn idle_fleet_nodes_above_min_are_terminated_by_apply() {
     assert_eq!(plan.code, 0, "{}", plan.report());
     assert_eq!(fleet_nodes(&context, "elastic").len(), 1);
 }
+
+/// Make the state what it was when an apply stopped right after submitting the run `NAME-1`:
+/// its intent (the one the job store recorded), not the run.
+fn interrupt(context: &TestContext, bucket: &str, name: &str) {
+    let intent = block_on(async {
+        moto()
+            .s3()
+            .await
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix("store/intents/")
+            .send()
+            .await
+            .expect("list intents")
+            .contents()
+            .iter()
+            .filter_map(|o| o.key()?.strip_prefix("store/intents/").map(str::to_string))
+            .next()
+            .expect("the run's intent is in the job store")
+    });
+
+    // Make the state what it was when the apply stopped: the run's intent, not the run.
+    let pulled = context.run(&["state", "pull"]);
+    ok(&pulled);
+    let mut document: Json = serde_json::from_str(&pulled.stdout).expect("state json");
+    let resource = document["resources"]
+        .as_object_mut()
+        .expect("resources")
+        .remove(format!("run/{name}").as_str())
+        .expect("the run resource");
+    let mut run = document["runs"]
+        .as_object_mut()
+        .expect("runs")
+        .remove(format!("{name}-1").as_str())
+        .expect("the run");
+    run["job"] = serde_json::json!({"intent": intent});
+    run["status"] = "submitted".into();
+    document["intents"] = serde_json::json!({
+        intent.clone(): {
+            "id": intent,
+            "action": "create",
+            "resource": {"kind": "run", "name": name},
+            "backend": "aws",
+            "labels": {"dstack.intent": intent},
+            "record": resource,
+            "run": run,
+            "started_at": "2026-01-01T00:00:00Z",
+        }
+    });
+    context.write("interrupted.json", &document.to_string());
+    ok(&context.run(&["state", "push", "--force", "interrupted.json"]));
+}
+
+/// An apply interrupted after it queued a run to a fleet node, before it recorded the run: the
+/// next plan finds the run by its intent (the job store keeps where it was placed) and records it
+/// on its node, so it is neither lost nor taken for aborted.
+#[test]
+fn an_interrupted_fleet_run_is_recovered_on_its_node() {
+    let (context, bucket) = project();
+    context.write(
+        "fleet.dstack.yml",
+        "type: fleet\nname: workers\nbackends: [aws]\nnodes: 1\ninstance_types: [t3.large]\n",
+    );
+    context.write(
+        "job.dstack.yml",
+        &fleet_task("job", "workers", &["echo recovered-run"], ""),
+    );
+    ok(&context.run(&["apply", "-y", "-d"]));
+    let node = fleet_nodes(&context, "workers")[0]
+        .instance_id()
+        .expect("id")
+        .to_string();
+    interrupt(&context, &bucket, "job");
+
+    let plan = context.run(&["plan"]);
+    ok(&plan);
+    assert!(
+        plan.stderr.contains("adopted run/job") || plan.stdout.contains("adopted run/job"),
+        "{}",
+        plan.report()
+    );
+    let run = run_named(&context, "job-1");
+    assert_eq!(run["job"]["fleet"], "workers", "{run}");
+    assert_eq!(run["job"]["instance_id"], node.as_str(), "{run}");
+    assert_eq!(run["status"], "provisioning", "{run}");
+    let mut agent = start_agent(&context, &bucket, &node, "agent");
+    assert!(agent.wait().expect("agent exits").success());
+    assert_eq!(run_named(&context, "job-1")["status"], "done");
+    assert_eq!(
+        block_on(s3_text(&bucket, &format!("store/nodes/{node}/lease"))),
+        None
+    );
+}
+
+#[test]
+fn an_interrupted_aws_run_is_recovered_with_its_instance() {
+    let (context, bucket) = project();
+    context.write("solo.dstack.yml", &task("solo", &["echo solo"], ""));
+    ok(&context.run(&["apply", "-y", "-d"]));
+    let id = instance_id(&run_named(&context, "solo-1"));
+    interrupt(&context, &bucket, "solo");
+    let plan = context.run(&["plan"]);
+    ok(&plan);
+    assert!(
+        plan.stdout.contains("adopted run/solo"),
+        "{}",
+        plan.report()
+    );
+    let run = run_named(&context, "solo-1");
+    assert_eq!(run["job"]["instance_id"], id.as_str(), "{run}");
+    assert_eq!(run["status"], "provisioning", "{run}");
+    assert_eq!(state(&block_on(instance(&id))), "running");
+}

@@ -430,8 +430,12 @@ impl Backend for AwsBackend {
             .collect();
         tags.insert("owner".into(), "dstack".into());
         let kind = labels.get("dstack.kind").map(String::as_str);
-        if kind == Some("run") {
-            return runs::find(self, labels).await;
+        // Recovery asks by intent alone: a run is found through the job store's intents.
+        if kind.is_none_or(|k| k == "run") {
+            let runs = runs::find(self, labels).await?;
+            if kind.is_some() || !runs.is_empty() {
+                return Ok(runs);
+            }
         }
         let mut found = Vec::new();
         for region in self.regions().await {
