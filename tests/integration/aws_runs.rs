@@ -867,8 +867,7 @@ fn interrupt(context: &TestContext, bucket: &str, name: &str) {
             .expect("list intents")
             .contents()
             .iter()
-            .filter_map(|o| o.key()?.strip_prefix("store/intents/").map(str::to_string))
-            .next()
+            .find_map(|o| o.key()?.strip_prefix("store/intents/").map(str::to_string))
             .expect("the run's intent is in the job store")
     });
 
