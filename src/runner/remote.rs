@@ -70,6 +70,10 @@ impl JobError {
     }
 }
 
+/// How long a node's lease may name a job that is not queued to the node (the CLI is attaching
+/// its volumes) before it counts as abandoned.
+const LEASE_GRACE: Duration = Duration::from_mins(15);
+
 /// How often a runner says it is alive while it runs a job.
 const HEARTBEAT: Duration = Duration::from_secs(10);
 
@@ -347,10 +351,15 @@ impl RemoteJobs {
         self.put(&self.job_key(job, "job.json")?, spec, false)
             .await?;
         if queue {
-            let entry = self.key(&format!("{}/queue/{}", self.queue, job.queue_name()));
-            self.put(&entry, Vec::new(), false).await?;
+            self.enqueue(job).await?;
         }
         Ok(())
+    }
+
+    /// Queue a submitted job for this store's runners (the pool, or one fleet node's agent).
+    pub async fn enqueue(&self, job: &JobRef) -> Result<(), JobError> {
+        let entry = self.key(&format!("{}/queue/{}", self.queue, job.queue_name()));
+        self.put(&entry, Vec::new(), false).await.map(drop)
     }
 
     /// Keep a small document with the job (`placement.json`: where the CLI put it).
@@ -622,7 +631,8 @@ impl RemoteJobs {
             return Ok(None);
         };
         let text = String::from_utf8_lossy(&bytes);
-        Ok(text.trim().split_once('/').and_then(|(lineage, run)| {
+        let holder = text.lines().next().unwrap_or_default().trim();
+        Ok(holder.split_once('/').and_then(|(lineage, run)| {
             (safe(lineage) && crate::model::is_valid_run_name(run)).then(|| JobRef {
                 lineage: lineage.to_string(),
                 run: run.to_string(),
@@ -630,30 +640,71 @@ impl RemoteJobs {
         }))
     }
 
+    /// When a node's lease was taken (its second line).
+    async fn lease_taken_at(
+        &self,
+        instance: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, JobError> {
+        Ok(self
+            .get(&self.node_key(instance, "lease")?)
+            .await?
+            .and_then(|b| parse_time(String::from_utf8_lossy(&b).lines().nth(1)?.as_bytes())))
+    }
+
+    /// Whether a job is queued to, or was claimed on, a node.
+    async fn queued_on(&self, instance: &str, job: &JobRef) -> Result<bool, JobError> {
+        let root = node_queue(instance)?;
+        for side in ["queue", "claims"] {
+            let key = self.key(&format!("{root}/{side}/{}", job.queue_name()));
+            if self.object_exists(&key).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The run that holds a node, unless its lease is stale: the run has ended or is gone, or
+    /// the CLI that took the node died before queueing the job ([`LEASE_GRACE`]).
+    pub async fn live_lease(&self, instance: &str) -> Result<Option<JobRef>, JobError> {
+        let Some(holder) = self.node_lease(instance).await? else {
+            return Ok(None);
+        };
+        let ended = !self.exists(&holder).await?
+            || self
+                .status(&holder)
+                .await?
+                .is_some_and(|s| s.status.is_finished());
+        if ended {
+            return Ok(None);
+        }
+        let old = self
+            .lease_taken_at(instance)
+            .await?
+            .is_none_or(|at| (chrono::Utc::now() - at).to_std().unwrap_or_default() > LEASE_GRACE);
+        if old && !self.queued_on(instance, &holder).await? {
+            return Ok(None);
+        }
+        Ok(Some(holder))
+    }
+
     /// Take a node for a job: a conditional write, so of two runs only one gets it. A lease
     /// held by a job that has ended or no longer exists is stale and is taken over.
     pub async fn lease_node(&self, instance: &str, job: &JobRef) -> Result<bool, JobError> {
         let key = self.node_key(instance, "lease")?;
-        let body = format!("{}/{}", job.lineage, job.run).into_bytes();
+        let body = format!(
+            "{}/{}\n{}\n",
+            job.lineage,
+            job.run,
+            chrono::Utc::now().to_rfc3339()
+        )
+        .into_bytes();
         if self.put(&key, body.clone(), true).await? {
             return Ok(true);
         }
-        let holder = self.node_lease(instance).await?;
-        if holder.as_ref() == Some(job) {
-            return Ok(true);
-        }
-        let stale = match &holder {
-            None => true,
-            Some(holder) => {
-                !self.exists(holder).await?
-                    || self
-                        .status(holder)
-                        .await?
-                        .is_some_and(|s| s.status.is_finished())
-            }
-        };
-        if !stale {
-            return Ok(false);
+        match self.live_lease(instance).await? {
+            Some(holder) if holder == *job => return Ok(true),
+            Some(_) => return Ok(false),
+            None => {}
         }
         self.delete(&key).await?;
         self.put(&key, body, true).await

@@ -793,6 +793,40 @@ fn a_fleet_run_gets_its_volumes_on_the_node_and_lets_them_go() {
     assert!(agent.wait().expect("agent exits").success());
     let logs = context.run(&["logs", "train"]);
     assert!(!logs.stdout.contains("again"), "{}", logs.report());
+
+    // A lease left by a CLI that died after taking the node and before queueing its job: its job
+    // exists but is queued nowhere, and the lease is old. The next run takes the node over.
+    let lineage = run["job"]["lineage"].as_str().expect("lineage").to_string();
+    block_on(async {
+        let s3 = moto().s3().await;
+        for (key, body) in [
+            (
+                format!("store/jobs/{lineage}/ghost-1/job.json"),
+                "{}".to_string(),
+            ),
+            (
+                format!("store/nodes/{node}/lease"),
+                format!("{lineage}/ghost-1\n2026-01-01T00:00:00Z\n"),
+            ),
+        ] {
+            s3.put_object()
+                .bucket(&bucket)
+                .key(key)
+                .body(aws_sdk_s3::primitives::ByteStream::from(body.into_bytes()))
+                .send()
+                .await
+                .expect("put");
+        }
+    });
+    context.write(
+        "after.dstack.yml",
+        &fleet_task("after", "zone-c", &["echo after"], ""),
+    );
+    ok(&context.run(&["apply", "-y", "-d", "-f", "after.dstack.yml"]));
+    assert_eq!(
+        run_named(&context, "after-1")["job"]["instance_id"],
+        node.as_str()
+    );
 }
 
 #[test]

@@ -253,14 +253,7 @@ async fn usage(
             && node.tags.contains_key("dstack_agent")
         {
             let error = |e: crate::runner::remote::JobError| job_error(&e);
-            if let Some(holder) = jobs.node_lease(&node.id).await.map_err(error)? {
-                busy = jobs.exists(&holder).await.map_err(error)?
-                    && !jobs
-                        .status(&holder)
-                        .await
-                        .map_err(error)?
-                        .is_some_and(|s| s.status.is_finished());
-            }
+            busy = jobs.live_lease(&node.id).await.map_err(error)?.is_some();
             if let Some(released) = jobs.node_released_at(&node.id).await.map_err(error)? {
                 idle_since = Some(idle_since.map_or(released, |l| l.max(released)));
             }

@@ -335,6 +335,76 @@ async fn submit_to_node(
 ) -> Result<Observed, BackendError> {
     let jobs = backend.jobs().await?;
     let fleet_name = &fleet.name;
+    // The job goes to the store first: a lease names it, and a lease whose job does not exist
+    // is stale (another run of this apply must not take the node over while volumes attach).
+    jobs.submit(work.job_ref, work.job, work.tar, false)
+        .await
+        .map_err(|e| job_error(&e))?;
+    let taken = take_node(backend, jobs, request, fleet, work).await;
+    let (region, node) = match taken {
+        Ok(taken) => taken,
+        Err(error) => {
+            let _ = jobs.remove(work.job_ref).await;
+            return Err(error);
+        }
+    };
+    let placement = NodePlacement {
+        fleet: fleet_name.clone(),
+        instance_id: node.id.clone(),
+        region: region.clone(),
+        availability_zone: node.availability_zone.clone(),
+        instance_type: node.instance_type.clone(),
+        spot: node.spot,
+        volumes: work
+            .volumes
+            .iter()
+            .filter_map(|v| v.record.backend_id.clone())
+            .collect(),
+    };
+    let queued = async {
+        for volume in work.volumes {
+            super::volumes::attach_volume(backend, &volume.record, &node.id, &volume.device)
+                .await?;
+        }
+        let placed = serde_json::to_vec_pretty(&placement).unwrap_or_default();
+        jobs.put_extra(work.job_ref, "placement.json", placed)
+            .await
+            .map_err(|e| job_error(&e))?;
+        if let Some(intent) = request.labels.get("dstack.intent") {
+            jobs.record_intent(intent, work.job_ref)
+                .await
+                .map_err(|e| job_error(&e))?;
+        }
+        jobs.on_node(&node.id)
+            .map_err(|e| job_error(&e))?
+            .enqueue(work.job_ref)
+            .await
+            .map_err(|e| job_error(&e))
+    }
+    .await;
+    if let Err(error) = queued {
+        // Give the node back as it was.
+        let _ = free_node(backend, jobs, work.job_ref, &placement).await;
+        let _ = jobs.remove(work.job_ref).await;
+        return Err(error);
+    }
+    Ok(Observed {
+        backend_id: Some(jobs.job_url(work.job_ref)),
+        attributes: placement.attributes(&request.lineage),
+        status: "provisioning".into(),
+        labels: request.labels.clone(),
+    })
+}
+
+/// Lease an idle node of the fleet for the job, or say why there is none.
+async fn take_node(
+    backend: &AwsBackend,
+    jobs: &RemoteJobs,
+    request: &Request,
+    fleet: &ResourceRecord,
+    work: &NodeJob<'_>,
+) -> Result<super::fleets::Node, BackendError> {
+    let fleet_name = &fleet.name;
     let nodes = super::fleets::live_nodes(backend, fleet).await?;
     let mut busy = Vec::new();
     let mut elsewhere = Vec::new();
@@ -407,51 +477,7 @@ async fn submit_to_node(
         )
         .with_hint(hint));
     };
-    let placement = NodePlacement {
-        fleet: fleet_name.clone(),
-        instance_id: node.id.clone(),
-        region: region.clone(),
-        availability_zone: node.availability_zone.clone(),
-        instance_type: node.instance_type.clone(),
-        spot: node.spot,
-        volumes: work
-            .volumes
-            .iter()
-            .filter_map(|v| v.record.backend_id.clone())
-            .collect(),
-    };
-    let queued = async {
-        for volume in work.volumes {
-            super::volumes::attach_volume(backend, &volume.record, &node.id, &volume.device)
-                .await?;
-        }
-        let placed = serde_json::to_vec_pretty(&placement).unwrap_or_default();
-        jobs.put_extra(work.job_ref, "placement.json", placed)
-            .await
-            .map_err(|e| job_error(&e))?;
-        if let Some(intent) = request.labels.get("dstack.intent") {
-            jobs.record_intent(intent, work.job_ref)
-                .await
-                .map_err(|e| job_error(&e))?;
-        }
-        jobs.on_node(&node.id)
-            .map_err(|e| job_error(&e))?
-            .submit(work.job_ref, work.job, work.tar, true)
-            .await
-            .map_err(|e| job_error(&e))
-    }
-    .await;
-    if let Err(error) = queued {
-        // Give the node back as it was.
-        let _ = free_node(backend, jobs, work.job_ref, &placement).await;
-        return Err(error);
-    }
-    Ok(Observed {
-        backend_id: Some(jobs.job_url(work.job_ref)),
-        attributes: placement.attributes(&request.lineage),
-        status: "provisioning".into(),
-        labels: request.labels.clone(),
-    })
+    Ok((region, node))
 }
 
 /// Let a fleet node go after a run: detach the run's volumes, then drop the run's lease.
